@@ -1,0 +1,126 @@
+"""RL core: advantage estimators and the policy loss (clipped surrogate + dual clip, KL to a reference, entropy).
+
+References (exact formulas: spec/ctwa-reference.md §6-7, taken from verl `core_algos.py`):
+- GRPO: Shao et al. 2024, DeepSeekMath, arXiv:2402.03300; mean-only variant Dr.GRPO, Liu et al. 2025, arXiv:2503.20783.
+- REINFORCE++: Hu 2025, arXiv:2501.03262.   RLOO: Ahmadian et al. 2024, arXiv:2402.14740.
+- PPO: Schulman et al. 2017, arXiv:1707.06347; dual clip: Ye et al. 2020, arXiv:1912.09729.
+- KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence" (blog); k3 is verl's low_var_kl.
+Rows are prompt-major: row = prompt * G + g, so the G samples of a prompt are consecutive.
+The per-token math (surrogate, KL, CTWA's clipped weight W) lives in kernels/grpo_loss.py; this file aggregates.
+
+    python -m pytest -q tests/test_loss.py
+"""
+import torch
+
+import kernels
+from kernels.grpo_loss import kl_penalty  # noqa: F401  (public here: loss.kl_penalty is the one KL estimator)
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+
+def _groups(scores, group_size):
+    if scores.dim() != 1 or group_size < 1 or scores.numel() % group_size:
+        raise ValueError(f"scores must be (N,) with N a multiple of group_size={group_size}; got {tuple(scores.shape)}")
+    return scores.view(-1, group_size)  # (P, G)
+
+
+def grpo_advantages(scores: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """GRPO: (S_i - mean_g) / (std_g + 1e-6) with the unbiased group std; scale=False is Dr.GRPO's S_i - mean_g.
+    A group of one has mean 0 and std 1 (as verl); a group of identical scores gives exactly 0."""
+    s = _groups(scores, group_size)
+    if group_size == 1:
+        mean, std = torch.zeros_like(s), torch.ones_like(s)
+    else:
+        mean, std = s.mean(1, keepdim=True), s.std(1, keepdim=True)  # (P, 1), unbiased (G-1)
+    adv = (s - mean) / (std + 1e-6) if scale else s - mean
+    if group_size > 1:  # rounding in the mean could leave ~1e-17 / 1e-6 for identical scores: make it exactly 0
+        adv = torch.where(s.amax(1, keepdim=True) == s.amin(1, keepdim=True), 0.0, adv)
+    return adv.view(-1)
+
+
+def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: S_i minus the mean of the other G-1 samples of its prompt = G/(G-1) (S_i - mean_g)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs group_size >= 2 (the baseline leaves the sample itself out)")
+    s = _groups(scores, group_size)
+    return ((s - s.mean(1, keepdim=True)) * group_size / (group_size - 1)).view(-1)
+
+
+def reinforce_advantages(scores: torch.Tensor) -> torch.Tensor:
+    """Plain REINFORCE with the batch-mean baseline: S_i - mean(S)."""
+    return scores - scores.mean()
+
+
+def reinforce_pp_advantages(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REINFORCE++ (γ = 1): reward-to-go that resets after the response end, whitened over all valid tokens of
+    the batch (token-weighted mean, unbiased variance, +1e-8 inside the sqrt), times mask. (N, T) -> (N, T)."""
+    m = mask.to(token_rewards.dtype)
+    n = m.sum()
+    if n < 2:
+        raise ValueError(f"REINFORCE++ whitening needs at least 2 valid tokens in the batch, got {int(n)}")
+    # verl's scan is G = s_t + G; R_t = G; G *= m_t (t = T-1 .. 0), i.e. R_t sums s over [t, e_t] where e_t is the
+    # last position before the next masked-out position after t. Vectorised: segments end where mask is 0.
+    T = token_rewards.shape[1]
+    seg = (1 - m).cumsum(1).long()  # (N, T) segment id: bumps at every masked-out position
+    pos = torch.arange(T, device=m.device).expand_as(seg)
+    end = seg.new_zeros(seg.shape[0], T + 1).scatter_reduce(1, seg, pos, "amax", include_self=False)  # (N, T+1)
+    cs = token_rewards.cumsum(1)  # (N, T)
+    returns = cs.gather(1, end.gather(1, seg)) - cs + token_rewards
+    mean = (returns * m).sum() / (n + 1e-8)  # token-weighted, over the whole batch
+    var = ((returns - mean).square() * m).sum() / (n + 1e-8) * n / (n - 1)  # unbiased
+    adv = (returns - mean) * torch.rsqrt(var + 1e-8) * m
+    # identical returns: rounding in the mean would leave ~1e-8 * 1e4 noise instead of the exact 0
+    valid = mask.bool()
+    same = returns.masked_fill(~valid, float("-inf")).amax() == returns.masked_fill(~valid, float("inf")).amin()
+    return torch.where(same, torch.zeros_like(adv), adv)
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean") -> torch.Tensor:
+    """Reduce per-token values (N, T) to a scalar. token-mean = Σ x·m / (Σ m + 1e-8) over the micro-batch
+    (verl's default: long answers weigh more); seq-mean-* average per-sequence means or sums over non-empty rows."""
+    m = mask.to(x.dtype)
+    if agg == "token-mean":
+        return (x * m).sum() / (m.sum() + 1e-8)
+    if agg not in AGG_MODES:
+        raise ValueError(f"unknown aggregation {agg!r}; use one of {AGG_MODES}")
+    lengths = m.sum(1)  # (N,)
+    per_seq = (x * m).sum(1) / (lengths + 1e-8 if agg == "seq-mean-token-mean" else 1.0)  # (N,)
+    has = (lengths > 0).to(x.dtype)
+    return (per_seq * has).sum() / (has.sum() + 1e-8)
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                ref_logp: torch.Tensor | None = None, eps_low: float | None = 0.2, eps_high: float | None = 0.2,
+                clip_c: float | None = 3.0, kl_coef: float = 0.0, kl_type: str = "k3",
+                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0, agg: str = "token-mean"):
+    """PPO clipped surrogate (+ dual clip) + kl_coef·KL(π‖π_ref) - entropy_coef·entropy, aggregated by `agg`.
+    logp, old_logp, ref_logp, mask, entropy: (N, T); adv: (N,) per sequence or (N, T) per token.
+    eps_low / eps_high / clip_c = None switch that clip off (all None: plain REINFORCE with importance ratio).
+    Returns (loss, metrics of detached 0-dim tensors, W (N, T)), W = Â·ρ·1[unclipped] for CTWA (spec §8.3)."""
+    if clip_c is not None and clip_c <= 1:
+        raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to switch it off), got {clip_c}")
+    if kl_coef != 0 and ref_logp is None:
+        raise ValueError("kl_coef != 0 needs ref_logp (log-probs of the frozen reference policy)")
+    token_loss, W, kl = kernels.grpo_loss(logp, old_logp, adv, mask, ref_logp, eps_low, eps_high, clip_c, kl_coef,
+                                          kl_type)
+    loss = aggregate(token_loss, mask, agg)
+    with torch.no_grad():
+        kl_mean = aggregate(kl, mask, agg)
+        a = (adv.unsqueeze(1) if adv.dim() == 1 else adv).expand_as(W)  # (N, T)
+        m = mask.bool()
+        # W is zero exactly where the ε-clip is active (ρ > 0), and for A < 0 the dual clip is active iff ρ > c,
+        # i.e. W = A·ρ < A·c: both verl clip fractions fall out of W without another pass over the ratios.
+        clipped = m & (a != 0) & (W == 0)
+        dual = m & (a < 0) & (W < a * clip_c) if clip_c is not None else torch.zeros_like(m)
+        metrics = {
+            "pg_loss": loss.detach() - kl_coef * kl_mean,
+            "kl": kl_mean,
+            "ppo_kl": aggregate((old_logp - logp).detach().float(), mask, "token-mean"),
+            "clipfrac": aggregate(clipped.float(), mask, "token-mean"),
+            "clipfrac_lower": aggregate(dual.float(), mask, "token-mean"),
+        }
+    if entropy is not None:
+        ent = aggregate(entropy.float(), mask, agg)
+        loss = loss - entropy_coef * ent
+        metrics["entropy"] = ent.detach()
+    return loss, metrics, W
