@@ -1,0 +1,175 @@
+"""Batched KV-cached sampling for RL rollouts: many ragged prompts at once, G samples per prompt, one prefill.
+
+    from rollout import generate
+    ro = generate(model, prompts, max_new_tokens=128, temperature=1.0, group_size=8, eos_ids=(eos,),
+                  generator=torch.Generator().manual_seed(0))
+    ro.sequences        # (N, Pw + C) left-padded prompts then completions, N = P * G rows, prompt-major
+    ro.completions      # N token lists, each cut after its first EOS (EOS kept)
+
+How it works: the P distinct prompts are left-padded to one width and prefilled once into a preallocated KVCache
+(model.py); the cache rows are then copied G times (repeat_interleave), so the G samples of a prompt share that one
+prefill. Every decode step feeds one token per row at the same cache column; each row carries its own RoPE position
+and the attention mask hides its padding. A row that emits an EOS is done: later tokens are padding (masked out),
+and the loop stops early once every row is done.
+
+Log-probs. `logprobs` holds log pi(token) under the temperature-scaled distribution softmax(logits / T) WITHOUT
+top-k/top-p truncation: that is what a teacher-forced forward computes as log_softmax(logits / T), so the PPO ratio
+starts at 1 (we deliberately do not return the truncated sampler's log-probs; the policy being trained is
+the untruncated one). With temperature=0 (greedy) they are log-probs of the temperature-1 distribution.
+
+Sampling draws one uniform per row from the explicit torch.Generator and inverts the cumulative distribution
+(top-k/top-p zero the excluded probabilities first, so they can never be drawn).
+References: nucleus (top-p) sampling, arXiv:1904.09751; the prefill-then-copy pattern of nanochat's engine.py.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from model import KVCache
+
+
+@dataclass
+class Rollout:
+    sequences: torch.Tensor  # (N, Pw + C) long: left-padded prompt, then completion (pad_id after EOS)
+    attn_mask: torch.Tensor  # (N, Pw + C) bool: real prompt tokens and completion tokens up to and including EOS
+    prompt_width: int  # Pw, the padded prompt width; completions start at column Pw
+    completion_mask: torch.Tensor  # (N, C) bool: True up to and including the first EOS
+    logprobs: torch.Tensor  # (N, C) float32: sampling log-probs of the chosen tokens (0 where masked)
+    completions: list  # N lists of token ids, cut after the first EOS (EOS kept)
+
+
+def _check(model, prompts, max_new_tokens, temperature, top_p, top_k, group_size, generator):
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts is empty: pass a non-empty list of token-id lists")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty: every prompt needs at least one token")
+    if group_size < 1:
+        raise ValueError(f"group_size (G) must be >= 1, got {group_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
+    longest, limit = max(len(p) for p in prompts), model.config.max_position_embeddings
+    if longest + max_new_tokens > limit:
+        raise ValueError(f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"max_position_embeddings ({limit}): shorten the prompt or lower max_new_tokens")
+    V = model.config.vocab_size
+    if any(not 0 <= t < V for p in prompts for t in p):
+        raise ValueError(f"prompt token ids must lie in [0, vocab_size={V})")
+    if isinstance(generator, (list, tuple)) and len(generator) != len(prompts):
+        raise ValueError(f"got {len(generator)} generators for {len(prompts)} prompts: pass one per prompt, or one")
+
+
+def _filter(probs, top_k, top_p):
+    """Unnormalized probabilities (N, V) with everything outside the top-k, then the top-p (nucleus) set, zeroed."""
+    V = probs.size(-1)
+    if not 0 < top_k < V and top_p >= 1.0:
+        return probs
+    # sort only the k survivors when top-k is on; ties at the k-th value keep exactly k tokens
+    vals, order = torch.topk(probs, top_k, dim=-1) if 0 < top_k < V else torch.sort(probs, dim=-1, descending=True)
+    if top_p < 1.0:
+        mass = vals.cumsum(-1)  # (N, k)
+        # drop a token when the mass strictly before it already reaches top_p: keeps the smallest set with mass >= top_p
+        vals = vals.masked_fill((mass - vals) >= top_p * mass[:, -1:], 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, vals)  # (N, V)
+
+
+def _sample(logits, temperature, top_k, top_p, u):
+    """logits (N, V), uniforms u (N, 1) -> next tokens (N,) and their log-probs (N,) under softmax(logits / T)."""
+    x = logits.float()
+    if temperature not in (0, 1):
+        x = x / temperature  # greedy (T = 0) keeps the temperature-1 log-probs
+    top = x.amax(-1, keepdim=True)  # (N, 1)
+    probs = (x - top).exp_()  # (N, V) unnormalized
+    log_norm = top.squeeze(-1) + probs.sum(-1).log()  # (N,) logsumexp of the untruncated distribution
+    if temperature == 0:
+        tok = x.argmax(-1)  # (N,)
+    else:
+        # inverse-CDF sampling: one uniform per row against the cumulative mass. Exactly what torch.multinomial
+        # does, but ~5x faster on CPU here, and far cheaper than Gumbel-max's V random draws per row.
+        cdf = _filter(probs, top_k, top_p).cumsum_(-1)  # (N, V) non-decreasing; flat over excluded tokens
+        u = (1.0 - u) * cdf[:, -1:]  # (N, 1) in (0, mass]
+        tok = torch.searchsorted(cdf, u).squeeze(-1)  # (N,) first token whose cdf reaches u: never a zero-mass one
+    return tok, x.gather(-1, tok[:, None]).squeeze(-1) - log_norm
+
+
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, eos_ids=(), group_size: int = 1, generator: torch.Generator | list | None = None,
+             pad_id: int = 0) -> Rollout:
+    """Sample `group_size` completions for each prompt (rows prompt-major: row = prompt_index * G + g).
+
+    temperature=0 is greedy; top_k=0 and top_p=1 disable truncation. The loop stops when every row has emitted one
+    of `eos_ids` or after max_new_tokens, so C <= max_new_tokens. `generator` must live on the model's device; a list
+    of one generator per prompt makes each prompt's samples independent of the rest of the batch (train.py uses this
+    so that a run samples the same completions on any number of ranks).
+    """
+    _check(model, prompts, max_new_tokens, temperature, top_p, top_k, group_size, generator)
+    # inference mode is the fastest no-grad mode, but FSDP2 would keep all-gather buffers made in it and fail later
+    with torch.inference_mode(not hasattr(model, "unshard")):
+        prompt_tok, prompt_mask, tokens, logprobs, alive = _decode(model, prompts, max_new_tokens, temperature, top_p,
+                                                                   top_k, eos_ids, group_size, generator, pad_id)
+    # leaving inference mode: clone/cat give ordinary tensors, which training may feed to autograd
+    G = group_size
+    lengths = alive.sum(-1).tolist()
+    completions = [row[:n] for row, n in zip(tokens.tolist(), lengths)]
+    return Rollout(sequences=torch.cat([prompt_tok.repeat_interleave(G, dim=0), tokens], dim=1),  # (N, Pw + C)
+                   attn_mask=torch.cat([prompt_mask.repeat_interleave(G, dim=0), alive], dim=1),
+                   prompt_width=prompt_tok.size(1), completion_mask=alive.clone(), logprobs=logprobs.clone(),
+                   completions=completions)
+
+
+def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, G, generator, pad_id):
+    """Prefill + decode loop; returns prompt tokens/mask (P, Pw) and tokens, logprobs, completion mask (N, C)."""
+    weight = model.lm_head.weight
+    device, dtype = weight.device, weight.dtype
+    P, Pw = len(prompts), max(len(p) for p in prompts)
+    N = P * G
+
+    # --- left-pad the P distinct prompts and prefill them once ---
+    prompt_tok = torch.full((P, Pw), pad_id, dtype=torch.long)  # (P, Pw)
+    prompt_mask = torch.zeros(P, Pw, dtype=torch.bool)  # (P, Pw)
+    for i, p in enumerate(prompts):
+        prompt_tok[i, Pw - len(p):] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[i, Pw - len(p):] = True
+    prompt_tok, prompt_mask = prompt_tok.to(device), prompt_mask.to(device)
+    cache = KVCache(model.config, P, Pw + max_new_tokens, dtype=dtype, device=device)
+    # only the last position's logits are needed; `head` applies lm_head inside the forward (FSDP-safe)
+    logits = model(prompt_tok, attn_mask=prompt_mask, kv_cache=cache,
+                   head=lambda h, w: h[:, -1] @ w.T)  # (P, V) from h (P, Pw, C), w (V, C)
+
+    # --- copy each prompt's cache and logits to its G rows ---
+    cache.repeat_interleave(G)
+    logits = logits.repeat_interleave(G, dim=0)  # (N, V)
+    attn_mask = torch.ones(N, Pw + max_new_tokens, dtype=torch.bool, device=device)  # (N, Pw + C_max)
+    attn_mask[:, :Pw] = prompt_mask.repeat_interleave(G, dim=0)
+    pos = prompt_mask.sum(-1).repeat_interleave(G)[:, None]  # (N, 1) RoPE position of the next token
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (N, C_max)
+    logprobs = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
+    alive = torch.ones(N, max_new_tokens, dtype=torch.bool, device=device)  # completion mask being built
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    # every uniform the loop may use, drawn up front: one call per prompt generator per rollout, not per step
+    uniforms = None  # greedy draws nothing
+    if temperature > 0 and isinstance(generator, (list, tuple)):
+        uniforms = torch.cat([torch.rand(G, max_new_tokens, generator=g, device=device) for g in generator])
+    elif temperature > 0:
+        uniforms = torch.rand(N, max_new_tokens, generator=generator, device=device)  # (N, C_max)
+
+    # --- decode: one token per row per step, all rows at the same cache column ---
+    C = max_new_tokens
+    for t in range(max_new_tokens):
+        tok, lp = _sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, t:t + 1])
+        alive[:, t] = ~done
+        tokens[:, t] = tok.masked_fill_(done, pad_id)
+        logprobs[:, t] = lp.masked_fill_(done, 0.0)
+        if len(eos):
+            done |= torch.isin(tok, eos)
+            if bool(done.all()):  # every row has finished: stop early
+                C = t + 1
+                break
+        if t + 1 == max_new_tokens:
+            break
+        logits = model(tokens[:, t:t + 1], positions=pos + t, attn_mask=attn_mask[:, :Pw + t + 1],
+                       kv_cache=cache)[:, -1]  # (N, V)
+
+    return prompt_tok, prompt_mask, tokens[:, :C], logprobs[:, :C], alive[:, :C]
