@@ -105,7 +105,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     """
     _check(model, prompts, max_new_tokens, temperature, top_p, top_k, group_size, generator)
     # inference mode is the fastest no-grad mode, but FSDP2 would keep all-gather buffers made in it and fail later
-    with torch.inference_mode(not hasattr(model, "unshard")):
+    with torch.no_grad() if hasattr(model, "unshard") else torch.inference_mode():
         prompt_tok, prompt_mask, tokens, logprobs, alive = _decode(model, prompts, max_new_tokens, temperature, top_p,
                                                                    top_k, eos_ids, group_size, generator, pad_id)
     # leaving inference mode: clone/cat give ordinary tensors, which training may feed to autograd
@@ -121,7 +121,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
 def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, G, generator, pad_id):
     """Prefill + decode loop; returns prompt tokens/mask (P, Pw) and tokens, logprobs, completion mask (N, C)."""
     weight = model.lm_head.weight
-    device, dtype = weight.device, weight.dtype
+    device = weight.device
+    # the cache holds what attention computes in: bf16 under autocast (fp32 master weights would double its size)
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight.dtype
     P, Pw = len(prompts), max(len(p) for p in prompts)
     N = P * G
 
