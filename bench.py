@@ -8,15 +8,401 @@ import argparse
 
 
 def bench_rollout(args):
-    raise NotImplementedError("filled in by the foundation issue")
+    """Tokens/s of rollout.generate vs transformers' generate on the same random ~39M-parameter Qwen2-shaped model.
+
+    32 ragged prompts (8..64 tokens) x G=4 samples, 128 new tokens, temperature 1, no top-k/top-p, no EOS (so every
+    row runs the full 128 tokens and both samplers do identical work). Warm-up first, then best of REPEATS,
+    alternating the two so background load hits both alike.
+    """
+    import os
+    import platform
+    import tempfile
+    import time
+
+    import torch
+    import transformers
+
+    from model import Transformer
+    from rollout import generate
+
+    PROMPTS, MIN_LEN, MAX_LEN, G, NEW_TOKENS, REPEATS = 32, 8, 64, 4, 128, 3
+    shape = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+    torch.manual_seed(args.seed)
+    hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**shape)).eval()  # sdpa attention
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = Transformer.from_pretrained(d).eval()
+    g = torch.Generator().manual_seed(args.seed)
+    lengths = torch.randint(MIN_LEN, MAX_LEN + 1, (PROMPTS,), generator=g).tolist()
+    prompts = [torch.randint(1, shape["vocab_size"], (n,), generator=g).tolist() for n in lengths]
+    ids = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)  # (P, Pw) left-padded for HF
+    mask = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, MAX_LEN - len(p):], mask[i, MAX_LEN - len(p):] = torch.tensor(p), 1
+
+    def run_ours(n):
+        ro = generate(ours, prompts, n, temperature=1.0, group_size=G, generator=torch.Generator().manual_seed(0))
+        return ro.sequences.size(0) * ro.completion_mask.size(1)
+
+    def run_hf(n):
+        with torch.inference_mode():
+            out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                              num_return_sequences=G, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
+                              pad_token_id=0)
+        return out.size(0) * (out.size(1) - MAX_LEN)
+
+    best = {"ours": float("inf"), "hf": float("inf")}
+    for name, fn in (("ours", run_ours), ("hf", run_hf)):
+        fn(8)  # warm-up: allocator, thread pool, first-call paths
+    for _ in range(REPEATS):
+        for name, fn in (("ours", run_ours), ("hf", run_hf)):
+            t0 = time.perf_counter()
+            tokens = fn(NEW_TOKENS)
+            best[name] = min(best[name], time.perf_counter() - t0)
+            assert tokens == PROMPTS * G * NEW_TOKENS, f"{name} generated {tokens} tokens"
+    tok_s = {k: PROMPTS * G * NEW_TOKENS / v for k, v in best.items()}
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model: random Qwen2-shaped {ours.num_params() / 1e6:.1f}M params ({shape}), fp32 CPU")
+    print(f"settings: {PROMPTS} prompts of {MIN_LEN}..{MAX_LEN} tokens x G={G}, {NEW_TOKENS} new tokens, "
+          f"temperature 1, no top-k/top-p, no EOS (all {PROMPTS * G} rows run full length), best of {REPEATS}")
+    print(f"ours rollout.generate  : {tok_s['ours']:8.1f} tokens/s ({best['ours']:.2f} s)")
+    print(f"transformers .generate : {tok_s['hf']:8.1f} tokens/s ({best['hf']:.2f} s)")
+    print(f"ratio ours / transformers: {tok_s['ours'] / tok_s['hf']:.2f}x")
 
 
 def bench_kernels(args):
-    raise NotImplementedError("filled in by the RL-core issue")
+    """Fused Triton kernels vs eager PyTorch: forward+backward time and peak memory, both measured in this run.
+
+    Log-prob path (kernels.token_logprobs vs log_softmax over materialised logits), bf16, at Liger's GRPO benchmark
+    shape (B=16, T=1024, C=2048, V=128k) and at the paper's batch (512 completions x 1024 tokens, Qwen2.5-1.5B:
+    C=1536, V=151,936; eager needs ~160 GB of logits there and is expected to run out of memory). Loss kernel
+    (kernels.grpo_loss vs its eager reference: clipped surrogate, dual clip, k3 KL) at 16 x 1024 and 512 x 1024.
+    Peak memory is measured above the inputs. Without CUDA it says so and returns; with TRITON_INTERPRET=1 on a
+    CPU it runs the same code at tiny shapes as a dry run (timings meaningless).
+    """
+    import os
+    import statistics
+    import time
+
+    import torch
+
+    import kernels
+    from kernels.grpo_loss import grpo_loss_ref
+    from kernels.logprobs import token_logprobs_ref
+
+    cuda = torch.cuda.is_available()
+    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        print("bench.py kernels needs a CUDA GPU (none found): nothing measured. "
+              "TRITON_INTERPRET=1 python bench.py kernels dry-runs the same code at tiny shapes on CPU.")
+        return
+    dev, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    gen = torch.Generator(dev).manual_seed(args.seed)
+    if not cuda:
+        print("no CUDA: TRITON_INTERPRET=1 dry run at tiny shapes; the numbers below are not benchmarks")
+
+    def measure(fn, reps):
+        """(median seconds, peak bytes above what was allocated before) of fn(), or None when it runs out of memory."""
+        try:
+            fn()  # warm-up: Triton compile, allocator
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() if cuda else 0
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times), (torch.cuda.max_memory_allocated() - base if cuda else 0)
+        except torch.OutOfMemoryError:
+            return None
+
+    def report(title, fused, eager):
+        print(title)
+        for name, r in (("fused", fused), ("eager", eager)):
+            peak = f"  peak {r[1] / 2**30:7.2f} GiB" if cuda and r else ""
+            print(f"  {name}: " + ("out of memory" if r is None else f"{r[0] * 1e3:9.2f} ms{peak}"))
+        if fused and eager:
+            mem = f", peak memory {100 * (1 - fused[1] / eager[1]):.0f}% less" if cuda else ""
+            print(f"  eager/fused time {eager[0] / fused[0]:.2f}x{mem}")
+
+    def logprob_step(fn, hidden, weight, targets):
+        fn(hidden, weight, targets).sum().backward()
+        hidden.grad = weight.grad = None
+
+    def loss_step(fn, logp, old, adv, mask, ref):
+        fn(logp, old, adv, mask, ref, kl_coef=1e-3, kl_type="k3")[0].sum().backward()
+        logp.grad = None
+
+    logprob_shapes = [("Liger GRPO shape", 16, 1024, 2048, 128256), ("paper batch", 512, 1024, 1536, 151936)]
+    loss_shapes = [("micro-batch", 16, 1024), ("paper batch", 512, 1024)]
+    if not cuda:
+        logprob_shapes, loss_shapes = [("dry run", 2, 5, 8, 37)], [("dry run", 4, 5)]
+    for title, B, T, C, V in logprob_shapes:
+        inputs = (torch.randn(B, T, C, device=dev, dtype=dtype, generator=gen).requires_grad_(),  # hidden
+                  (0.02 * torch.randn(V, C, device=dev, dtype=dtype, generator=gen)).requires_grad_(),  # LM head
+                  torch.randint(0, V, (B, T), device=dev, generator=gen))  # targets
+        reps = 3 if B * T * V > 2**32 else 10
+        fused = measure(lambda: logprob_step(kernels.token_logprobs, *inputs), reps)
+        eager = measure(lambda: logprob_step(token_logprobs_ref, *inputs), reps)
+        report(f"log-prob path fwd+bwd, {title}: N={B} T={T} C={C} V={V} {dtype}", fused, eager)
+        del inputs  # free before the next shape
+    for title, N, T in loss_shapes:
+        old = -3 * torch.rand(N, T, device=dev, generator=gen)
+        inputs = ((old + 0.1 * torch.randn(N, T, device=dev, generator=gen)).requires_grad_(), old,
+                  torch.randn(N, device=dev, generator=gen), torch.rand(N, T, device=dev, generator=gen) > 0.2,
+                  old + 0.1 * torch.randn(N, T, device=dev, generator=gen))  # logp, old, adv, mask, ref
+        fused = measure(lambda: loss_step(kernels.grpo_loss, *inputs), 50)
+        eager = measure(lambda: loss_step(grpo_loss_ref, *inputs), 50)
+        report(f"loss kernel fwd+bwd, {title}: N={N} T={T} fp32 (clip 0.2/0.2, dual clip 3, k3 KL)", fused, eager)
+
+
+def _train_ours(s, model_dir, method, out_dir, threads, seed, steps):
+    """`train.py --method <method> --steps <steps>` as a subprocess: (command, wall seconds of each step after the
+    first, CPU seconds of the whole process)."""
+    import json
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "train.py", "--method", method, "--task", "arith", "--model", model_dir, "--seed", str(seed),
+           "--steps", str(steps), "--prompts-per-step", str(s["prompts"]), "--group-size", str(s["G"]),
+           "--max-new-tokens", str(s["new_tokens"]), "--micro-batch", str(s["micro_batch"]), "--mini-batches", "1",
+           "--lr", str(s["lr"]), "--lr-schedule", "constant", "--adv", "grpo", "--kl-coef", "0",
+           "--clip-low", str(s["eps"]), "--clip-high", str(s["eps"]), "--clip-c", "-1",  # TRL has no dual clip
+           "--eval-interval", "0", "--checkpoint-interval", "1000", "--out-dir", out_dir]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # eager kernels on CPU
+    env["OMP_NUM_THREADS"] = str(threads)
+
+    def cpu():  # user + system seconds of the finished child processes
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu_before = cpu()
+    run = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), env=env, capture_output=True, text=True)
+    cpu_used = cpu() - cpu_before
+    if run.returncode:
+        raise SystemExit(f"train.py --method {method} failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        times = [json.loads(line)["time/step"] for line in f]
+    shown = " ".join("python" if c == sys.executable else "MODEL" if c == model_dir else "OUT" if c == out_dir else c
+                     for c in cmd)
+    return f"OMP_NUM_THREADS={threads} {shown}", times[1:], cpu_used  # step 1 is warm-up (allocator, first calls)
+
+
+def _train_trl(s, model_dir, tokenizer, texts, answers, seed):
+    """TRL's GRPOTrainer (transformers' generate, no vLLM), in this process: (wall, CPU) seconds of each optimizer
+    step after the first."""
+    import contextlib
+    import io
+    import tempfile
+    import time
+
+    import datasets
+    import transformers
+    import trl
+
+    import tasks
+
+    K = len(tasks.OBJECTIVES)
+    scorer, cache = tasks.RewardScorer(), {}
+
+    def objective(k):  # TRL calls the K reward functions in order on one batch: the first scores all K, as ours does
+        def reward(completions, completion_ids, answer, **kwargs):
+            if k == 0:
+                cache["r"] = scorer.score(completions, [len(c) for c in completion_ids], answer, train=True)
+            return cache["r"][:, k].tolist()
+        reward.__name__ = tasks.OBJECTIVES[k]
+        return reward
+
+    class Clock(transformers.TrainerCallback):  # one optimizer step: rollout, rewards, loss, backward, AdamW
+        def __init__(self):
+            self.wall, self.cpu = [], []
+
+        def on_step_begin(self, *args, **kwargs):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, *args, **kwargs):
+            self.wall.append(time.perf_counter() - self.t0)
+            self.cpu.append(time.process_time() - self.c0)
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out:
+        config = trl.GRPOConfig(
+            output_dir=out, max_steps=s["steps"], per_device_train_batch_size=s["micro_batch"],
+            gradient_accumulation_steps=s["prompts"] * s["G"] // s["micro_batch"], num_generations=s["G"],
+            max_completion_length=s["new_tokens"], num_iterations=1, temperature=1.0, top_p=1.0, top_k=0,
+            learning_rate=s["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0,
+            optim="adamw_torch", beta=0.0, epsilon=s["eps"], loss_type="dapo", scale_rewards="group",
+            reward_weights=[1 / K] * K, bf16=False, activation_checkpointing=False, use_bias_correction_kl=False,
+            use_cpu=True, shuffle_dataset=False, seed=seed, report_to="none", save_strategy="no", logging_steps=10**6,
+            disable_tqdm=True)
+        trainer = trl.GRPOTrainer(model_dir, reward_funcs=[objective(k) for k in range(K)], args=config,
+                                  train_dataset=datasets.Dataset.from_dict({"prompt": texts, "answer": answers}),
+                                  processing_class=tokenizer, callbacks=[clock])
+        with contextlib.redirect_stdout(io.StringIO()):  # its end-of-training metrics dict
+            trainer.train()
+    return clock.wall[1:], clock.cpu[1:]
+
+
+def _train_phases(s, model_dir, prompts, eos_id, seed, reps=3):
+    """Median CPU seconds of the pieces of our step, each timed alone in this process: the rollout, one no-grad
+    log-prob forward of the batch, the policy-loss forward + backward, and CTWA's weights + per-prompt covariance."""
+    import statistics
+    import time
+
+    import torch
+
+    import ctwa
+    import loss
+    from kernels import token_logprobs
+    from model import Transformer
+    from rollout import generate
+
+    G, M, eps = s["G"], s["micro_batch"], s["eps"]
+    policy = Transformer.from_pretrained(model_dir)
+    gen = torch.Generator().manual_seed(seed)
+
+    def rollout():
+        return generate(policy, prompts[:s["prompts"]], s["new_tokens"], group_size=G, eos_ids=(eos_id,), generator=gen)
+
+    batch = rollout()
+    seq, attn, mask, Pw = batch.sequences, batch.attn_mask, batch.completion_mask, batch.prompt_width
+    N = seq.size(0)
+    rewards = torch.randint(0, 2, (N, 3), generator=gen).float()  # (N, K): the values do not change the cost
+    adv = loss.grpo_advantages(rewards.mean(1), G)
+
+    def logprobs():  # (N, T - Pw) completion log-probs, in micro-batches as train.py
+        out = []
+        for i in range(0, N, M):
+            hidden = policy(seq[i:i + M, :-1], attn_mask=attn[i:i + M, :-1], return_hidden=True)  # (M, T-1, C)
+            out.append(token_logprobs(hidden[:, Pw - 1:], policy.lm_head.weight, seq[i:i + M, Pw:]))
+        return torch.cat(out)
+
+    def forward():
+        with torch.no_grad():
+            return logprobs()
+
+    def fwd_bwd():
+        policy.zero_grad(set_to_none=True)
+        loss.policy_loss(logprobs(), batch.logprobs, adv, mask, None, eps, eps, None)[0].backward()
+
+    def stats():
+        w, _ = ctwa.completion_weights(forward_out, batch.logprobs, adv, mask, eps, eps)
+        ctwa.covariance_statistic(rewards, w, G)
+
+    forward_out = forward()
+    pieces = {"rollout": rollout, "forward": forward, "fwd_bwd": fwd_bwd, "stats": stats}
+    result = {}
+    for name, fn in pieces.items():
+        fn()  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        result[name] = statistics.median(times)
+    return result
 
 
 def bench_train(args):
-    raise NotImplementedError("filled in by the train.py issue")
+    """Seconds per training step of train.py vs TRL's GRPOTrainer on CPU, and CTWA's extra cost vs linear.
+
+    Both train the same random Qwen2-shaped ~3M-parameter model (arith tokenizer) on the arith task's prompts in
+    train.py's data order, with the same reward functions (accuracy, conciseness, clarity, weighted 1/3 each: our
+    `linear` method = TRL's weighted reward sum), G, completion length, one micro-batch and one AdamW update per step
+    (lr, weight decay 0.01, grad clip 1), GRPO advantages, token-mean loss (TRL's loss_type="dapo"), eps = 0.2, no dual
+    clip (TRL has none), no KL (TRL's default beta=0), fp32 (TRL defaults to bf16 autocast), no activation
+    checkpointing (TRL defaults to it). tests/test_trl_parity.py shows both compute the same advantages, loss and
+    gradients on one batch. Steps after a warm-up step are timed in wall seconds (median) and CPU seconds (mean; the
+    robust figure on a busy machine). Threads: OMP_NUM_THREADS, default 1 for every trainer (on a shared machine,
+    multi-threaded BLAS stalls when cores are oversubscribed).
+    Without trl installed the TRL part says so and the rest still runs.
+    """
+    import os
+    import platform
+    import statistics
+    import tempfile
+    import time
+
+    os.environ.pop("TRITON_INTERPRET", None)  # the interpreter is for tests: time the eager CPU kernels
+    import torch
+    import transformers
+
+    import tasks
+
+    try:
+        import trl
+    except ImportError:
+        trl = None
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    s = dict(steps=8, prompts=8, G=8, new_tokens=32, micro_batch=64, lr=1e-5, eps=0.2)
+    S = s["steps"]
+    seed, t_start, load_start = args.seed, time.perf_counter(), os.getloadavg()[0]
+    tokenizer = tasks.arith_tokenizer()
+    train_set = tasks.load_task("arith", "train", tokenizer, seed=seed)
+    order = torch.randperm(len(train_set.prompts), generator=torch.Generator().manual_seed(seed))  # train.py, epoch 0
+    order = order[:S * s["prompts"]].tolist()
+    prompts = [train_set.prompts[i] for i in order]
+    texts = [tokenizer.decode(p) for p in prompts]  # chat-templated text that TRL re-encodes to the same ids
+    if tokenizer(texts, add_special_tokens=False)["input_ids"] != prompts:
+        raise SystemExit("the arith prompts do not round-trip through the tokenizer: TRL would see other prompts")
+    answers = [train_set.answers[i] for i in order]
+    shape = dict(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    with tempfile.TemporaryDirectory() as d:
+        model_dir = os.path.join(d, "model")
+        torch.manual_seed(seed)
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(
+            **shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
+        hf.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        n_params = sum(p.numel() for p in hf.parameters())
+        # CPU seconds per step: a full run minus a 1-step run (start-up, warm-up step and final checkpoint cancel)
+        _, _, cpu_one = _train_ours(s, model_dir, "linear", os.path.join(d, "one"), threads, seed, 1)
+        cmd, linear, cpu_linear = _train_ours(s, model_dir, "linear", os.path.join(d, "linear"), threads, seed, S)
+        _, ctwa_wall, cpu_ctwa = _train_ours(s, model_dir, "ctwa", os.path.join(d, "ctwa"), threads, seed, S)
+        theirs, cpu_theirs = _train_trl(s, model_dir, tokenizer, texts, answers, seed) if trl else (None, None)
+        pieces = _train_phases(s, model_dir, prompts, tokenizer.eos_token_id, seed)
+    cpu_linear, cpu_ctwa = (cpu_linear - cpu_one) / (S - 1), (cpu_ctwa - cpu_one) / (S - 1)
+    med = statistics.median
+
+    def fmt(wall, cpu):
+        return f"{med(wall):6.2f} s/step wall (steps 2..{S}: {', '.join(f'{t:.2f}' for t in wall)}), {cpu:5.2f} s CPU"
+
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, {threads} torch "
+          f"thread(s) per trainer, load average {load_start:.1f} at start and {os.getloadavg()[0]:.1f} at end; torch "
+          f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__ if trl else 'absent'}")
+    print(f"model: random Qwen2-shaped, {n_params / 1e6:.1f}M params ({shape}), fp32 CPU")
+    print(f"settings: arith task, {s['prompts']} prompts x G={s['G']}, <= {s['new_tokens']} new tokens, temperature "
+          f"1, micro-batch {s['micro_batch']}, lr {s['lr']}, eps {s['eps']}, no dual clip, no KL, {S} steps; wall = "
+          f"median of steps 2..{S}, CPU = mean CPU seconds per step (robust to other load on the machine)")
+    print(f"ours: {cmd}")
+    print(f"ours  train.py --method linear : {fmt(linear, cpu_linear)}")
+    if theirs is None:
+        print("TRL   GRPOTrainer              : not measured, trl is not installed (pip install trl)")
+    else:
+        cpu_theirs = sum(cpu_theirs) / len(cpu_theirs)
+        print(f"TRL   GRPOTrainer              : {fmt(theirs, cpu_theirs)}")
+        print(f"speed-up ours vs TRL per step: {med(theirs) / med(linear):.2f}x wall, {cpu_theirs / cpu_linear:.2f}x "
+              "CPU (target >= 3x)")
+    print(f"ours  train.py --method ctwa   : {fmt(ctwa_wall, cpu_ctwa)}")
+    print(f"ctwa / linear per step: {med(ctwa_wall) / med(linear):.3f} wall, {cpu_ctwa / cpu_linear:.3f} CPU "
+          "(train.py runs the post-update forward and covariance statistic for every method, for logging)")
+    extra = pieces["forward"] + pieces["stats"]
+    print(f"pieces of our step timed alone, CPU s: rollout {pieces['rollout']:.2f}, no-grad log-prob forward "
+          f"{pieces['forward']:.2f} (train.py runs two: old log-probs + entropy, and CTWA's post-update one), loss "
+          f"forward + backward {pieces['fwd_bwd']:.2f}, CTWA weights + covariance {pieces['stats']:.4f}")
+    step = pieces["rollout"] + 2 * pieces["forward"] + pieces["fwd_bwd"] + pieces["stats"]
+    print(f"CTWA's extra = post-update forward + statistics = {extra:.2f} CPU s = {100 * extra / step:.0f}% of our "
+          f"step ({step:.2f} CPU s as the sum of its pieces)")
+    print(f"bench time {time.perf_counter() - t_start:.0f} s")
 
 
 BENCHES = {"rollout": bench_rollout, "kernels": bench_kernels, "train": bench_train}
