@@ -53,7 +53,7 @@ def bench_rollout(args):
         return out.size(0) * (out.size(1) - MAX_LEN)
 
     best = {"ours": float("inf"), "hf": float("inf")}
-    for name, fn in (("ours", run_ours), ("hf", run_hf)):
+    for fn in (run_ours, run_hf):
         fn(8)  # warm-up: allocator, thread pool, first-call paths
     for _ in range(REPEATS):
         for name, fn in (("ours", run_ours), ("hf", run_hf)):
@@ -63,7 +63,8 @@ def bench_rollout(args):
             assert tokens == PROMPTS * G * NEW_TOKENS, f"{name} generated {tokens} tokens"
     tok_s = {k: PROMPTS * G * NEW_TOKENS / v for k, v in best.items()}
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs slow both sides)")
     print(f"model: random Qwen2-shaped {ours.num_params() / 1e6:.1f}M params ({shape}), fp32 CPU")
     print(f"settings: {PROMPTS} prompts of {MIN_LEN}..{MAX_LEN} tokens x G={G}, {NEW_TOKENS} new tokens, "
           f"temperature 1, no top-k/top-p, no EOS (all {PROMPTS * G} rows run full length), best of {REPEATS}")
@@ -175,7 +176,8 @@ def _train_ours(s, model_dir, method, out_dir, threads, seed, steps):
            "--max-new-tokens", str(s["new_tokens"]), "--micro-batch", str(s["micro_batch"]), "--mini-batches", "1",
            "--lr", str(s["lr"]), "--lr-schedule", "constant", "--adv", "grpo", "--kl-coef", "0",
            "--clip-low", str(s["eps"]), "--clip-high", str(s["eps"]), "--clip-c", "-1",  # TRL has no dual clip
-           "--eval-interval", "0", "--checkpoint-interval", "1000", "--out-dir", out_dir]
+           "--eval-interval", "0", "--checkpoint-interval", "1000", "--out-dir", out_dir,
+           "--cov-interval", "1000000"]  # no covariance diagnostic for linear (TRL has none); ctwa always needs it
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # eager kernels on CPU
     env["OMP_NUM_THREADS"] = str(threads)
 
@@ -394,12 +396,12 @@ def bench_train(args):
               "CPU (target >= 3x)")
     print(f"ours  train.py --method ctwa   : {fmt(ctwa_wall, cpu_ctwa)}")
     print(f"ctwa / linear per step: {med(ctwa_wall) / med(linear):.3f} wall, {cpu_ctwa / cpu_linear:.3f} CPU "
-          "(train.py runs the post-update forward and covariance statistic for every method, for logging)")
+          "(ctwa's extra: one post-update forward and the covariance statistic)")
     extra = pieces["forward"] + pieces["stats"]
     print(f"pieces of our step timed alone, CPU s: rollout {pieces['rollout']:.2f}, no-grad log-prob forward "
-          f"{pieces['forward']:.2f} (train.py runs two: old log-probs + entropy, and CTWA's post-update one), loss "
+          f"{pieces['forward']:.2f} (CTWA's post-update forward; on-policy runs need no old-log-prob pass), loss "
           f"forward + backward {pieces['fwd_bwd']:.2f}, CTWA weights + covariance {pieces['stats']:.4f}")
-    step = pieces["rollout"] + 2 * pieces["forward"] + pieces["fwd_bwd"] + pieces["stats"]
+    step = pieces["rollout"] + pieces["forward"] + pieces["fwd_bwd"] + pieces["stats"]
     print(f"CTWA's extra = post-update forward + statistics = {extra:.2f} CPU s = {100 * extra / step:.0f}% of our "
           f"step ({step:.2f} CPU s as the sum of its pieces)")
     print(f"bench time {time.perf_counter() - t_start:.0f} s")

@@ -11,6 +11,15 @@ from rollout import generate
 PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8], [9], [10, 11, 12, 13]]  # ragged: widths 3, 8, 1, 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes: one intra-op thread is faster, and immune to OpenMP stalls when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def hf_and_ours(tmp_path_factory):
     """A tiny random HF Qwen2 (sharp logits, so greedy has no near-ties) and the same weights in our Transformer."""
@@ -136,3 +145,11 @@ def test_bad_input_errors():
         args = {**dict(prompts=[[1, 2, 3]], max_new_tokens=4, group_size=1, top_p=1.0), **kwargs}
         with pytest.raises(ValueError, match=msg):
             generate(model, args.pop("prompts"), args.pop("max_new_tokens"), **args)
+
+
+def test_no_autograd_graph_under_fsdp_style_models():
+    """Models with FSDP2's `unshard` run generation under no_grad (not inference mode), still without a graph."""
+    model = Transformer(ModelConfig(vocab_size=32, hidden_size=16, num_attention_heads=2, num_key_value_heads=1))
+    model.unshard = lambda: None  # what FSDP2's fully_shard adds; generate must not record autograd history
+    ro = generate(model, [[1, 2, 3]], 4, generator=torch.Generator().manual_seed(0))
+    assert not ro.logprobs.requires_grad and not ro.logprobs.is_inference()
