@@ -23,6 +23,15 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes: one intra-op thread is faster, and immune to OpenMP stalls when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def hf_checkpoint(family, path, **save_kw):
     """A random HF model of `family` saved at `path`; weights perturbed so biases and norms are not trivial."""
     torch.manual_seed(0)
