@@ -421,7 +421,9 @@ def summary(r):
              f"score {r['score']:.3f}" if "score" in r else "", f"w {weights}" if weights else "",
              f"cov {vec('cov')}" if f"cov/{objectives[0]}" in r else "", f"kl {r['kl']:.4f}",
              f"ent {r['entropy']:.3f}", f"len {r['response_length']:.1f}",
-             f"{r['time/step']:.1f}s"]
+             f"{r['time/step']:.1f}s (rollout {r['time/rollout']:.1f}s)"]
+    if "memory/peak_gib" in r:
+        parts.append(f"peak {r['memory/peak_gib']:.1f} GiB")
     if "eval/accuracy" in r:
         parts.append("eval " + " ".join(f"{o[:4]} {r[f'eval/{o}']:.3f}" for o in objectives))
     return " | ".join(p for p in parts if p)
@@ -454,6 +456,7 @@ for step in bar:
     # ---- rollout: P_local prompts x G samples, rows prompt-major
     policy.eval()
     batch = sample([train_set.prompts[i] for i in prompt_idx], step, first, args.temperature, G)
+    rollout_seconds = time.time() - t0
     mask = batch.completion_mask  # (n, C), n = P_local * G
     lengths = mask.sum(1)  # (n,) tokens incl. EOS
     # ---- rewards: the conciseness mean sees the whole global batch before scoring it (spec §4.3)
@@ -528,13 +531,13 @@ for step in bar:
 
     if method.needs_gram:  # dynamic weighting: weights from the Gram of per-objective gradients before the update
         _, gram, _ = objective_grads(chunks(n, args.micro_batch), all_sum(mask.sum().float()))
-        method.observe_gram(gram, lr)
+        method.observe_gram(gram.cpu(), lr)
     if method.level == "reward":
-        scores = method.scalarize(rewards)  # (N,)
+        scores = method.scalarize(rewards.cpu()).to(device)  # (N,); method state lives on the CPU
         adv_all = advantages(scores)
         record["score"] = scores.mean().item()
     elif method.level == "advantage":
-        adv_all = method.combine(objective_adv, rewards)
+        adv_all = method.combine(objective_adv.cpu(), rewards.cpu()).to(device)
     adv_local = adv_all[own] if method.level != "gradient" else None
     # ---- policy update: mini-batches x PPO epochs, token-mean over the global mini-batch
     model.train()
@@ -546,7 +549,7 @@ for step in bar:
             total = torch.zeros((), device=device)
             if method.level == "gradient":  # d = sum_k c_k g_k from the Gram matrix (scalarize.py)
                 g, gram, losses = objective_grads(micro, tokens, log_stats=True)
-                coeffs = torch.as_tensor(method.coefficients(gram, losses)).to(g)  # (K,)
+                coeffs = torch.as_tensor(method.coefficients(gram.cpu(), losses.cpu())).to(g)  # (K,)
                 flat = coeffs @ g  # (P_params,)
                 offset = 0
                 for p in params:
@@ -598,15 +601,19 @@ for step in bar:
                                             for k in range(K)])  # (K,) token-means over this rank's rows
             tokens = mask.sum().float()
             losses_after = all_sum(losses_after * tokens) / all_sum(tokens)  # token-mean over all ranks
-    method.update(None if stat is None else stat["corr_mean"] if getattr(method, "use_corr", False)
-                  else stat["cov_mean"], objective_means, losses_after)
+    signal = None if stat is None else stat["corr_mean"] if getattr(method, "use_corr", False) else stat["cov_mean"]
+    method.update(None if signal is None else signal.cpu(), objective_means.cpu(),
+                  None if losses_after is None else losses_after.cpu())
     # ---- log
     record = {"step": step + 1, **{f"reward/{o}": objective_means[k].item() for k, o in enumerate(objectives)},
               **record, **method.metrics(), "entropy": stats["entropy"] / max(stats["micro_steps"], 1),
               "response_length": lengths_all.float().mean().item(), "loss": stats["loss"] / max(updates, 1),
               "grad_norm": stats["grad_norm"] / max(updates, 1), "kl": stats["kl"] / max(stats["micro_steps"], 1),
               "clipfrac": stats["clipfrac"] / max(stats["micro_steps"], 1), "lr": lr, "skipped_steps": skipped_steps,
-              "reward_failures": scorer.failures, "time/step": time.time() - t0}
+              "reward_failures": scorer.failures, "time/step": time.time() - t0, "time/rollout": rollout_seconds}
+    if device.type == "cuda":  # this rank's peak since the last step: rollout cache, activations, optimizer states
+        record["memory/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
     if args.eval_interval > 0 and ((step + 1) % args.eval_interval == 0 or step + 1 == args.steps):
         record.update(evaluate())
     log(record)
