@@ -12,7 +12,7 @@ def bench_rollout(args):
 
     32 ragged prompts (8..64 tokens) x G=4 samples, 128 new tokens, temperature 1, no top-k/top-p, no EOS (so every
     row runs the full 128 tokens and both samplers do identical work). Warm-up first, then best of REPEATS,
-    alternating the two so background load hits both alike.
+    alternating the two so background load hits both alike. fp32 on CPU; bf16 on a CUDA GPU when there is one.
     """
     import os
     import platform
@@ -28,11 +28,13 @@ def bench_rollout(args):
     PROMPTS, MIN_LEN, MAX_LEN, G, NEW_TOKENS, REPEATS = 32, 8, 64, 4, 128, 3
     shape = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+    dev, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
     torch.manual_seed(args.seed)
     hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**shape)).eval()  # sdpa attention
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        ours = Transformer.from_pretrained(d).eval()
+        ours = Transformer.from_pretrained(d).eval().to(dev, dtype)
+    hf.to(dev, dtype)
     g = torch.Generator().manual_seed(args.seed)
     lengths = torch.randint(MIN_LEN, MAX_LEN + 1, (PROMPTS,), generator=g).tolist()
     prompts = [torch.randint(1, shape["vocab_size"], (n,), generator=g).tolist() for n in lengths]
@@ -40,9 +42,10 @@ def bench_rollout(args):
     mask = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, MAX_LEN - len(p):], mask[i, MAX_LEN - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(dev), mask.to(dev)
 
     def run_ours(n):
-        ro = generate(ours, prompts, n, temperature=1.0, group_size=G, generator=torch.Generator().manual_seed(0))
+        ro = generate(ours, prompts, n, temperature=1.0, group_size=G, generator=torch.Generator(dev).manual_seed(0))
         return ro.sequences.size(0) * ro.completion_mask.size(1)
 
     def run_hf(n):
@@ -58,14 +61,17 @@ def bench_rollout(args):
     for _ in range(REPEATS):
         for name, fn in (("ours", run_ours), ("hf", run_hf)):
             t0 = time.perf_counter()
-            tokens = fn(NEW_TOKENS)
+            tokens = fn(NEW_TOKENS)  # its .size() calls return at once: synchronize before reading the clock
+            if dev == "cuda":
+                torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - t0)
             assert tokens == PROMPTS * G * NEW_TOKENS, f"{name} generated {tokens} tokens"
     tok_s = {k: PROMPTS * G * NEW_TOKENS / v for k, v in best.items()}
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs slow both sides)")
-    print(f"model: random Qwen2-shaped {ours.num_params() / 1e6:.1f}M params ({shape}), fp32 CPU")
+    gpu = f", {torch.cuda.get_device_name()}" if dev == "cuda" else ""
+    print(f"model: random Qwen2-shaped {ours.num_params() / 1e6:.1f}M params ({shape}), {dtype} {dev}{gpu}")
     print(f"settings: {PROMPTS} prompts of {MIN_LEN}..{MAX_LEN} tokens x G={G}, {NEW_TOKENS} new tokens, "
           f"temperature 1, no top-k/top-p, no EOS (all {PROMPTS * G} rows run full length), best of {REPEATS}")
     print(f"ours rollout.generate  : {tok_s['ours']:8.1f} tokens/s ({best['ours']:.2f} s)")
