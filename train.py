@@ -571,7 +571,6 @@ for step in bar:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else math.inf)
             if not (torch.isfinite(total) and torch.isfinite(grad_norm)):  # skip: the weights stay as they are
                 skipped_steps += 1
-                optimizer.zero_grad(set_to_none=True)
                 if master:
                     tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped ({skipped_steps} so far)")
                 continue
@@ -579,6 +578,7 @@ for step in bar:
             updates += 1
             stats["loss"] += total.item()
             stats["grad_norm"] += grad_norm.item()
+    optimizer.zero_grad(set_to_none=True)  # free the gradients: the next rollout's KV cache needs the memory
     # ---- after the update: the clipped advantage weight under the new policy and its covariance with each reward
     # (CTWA's signal; the other methods log it every --cov-interval steps, for the covariance-law figures)
     objective_means = rewards.mean(0)
