@@ -86,7 +86,7 @@ def covariance_statistic(rewards: torch.Tensor, w: torch.Tensor, group_size: int
 
 
 def _vector(values, K, what, flag):
-    v = torch.as_tensor(values, dtype=F64).flatten()
+    v = torch.as_tensor(values, dtype=F64).to("cpu").flatten()
     v = v.expand(K).clone() if v.numel() == 1 else v
     if v.numel() != K:
         raise ValueError(f"{what} has {v.numel()} entries, expected {K}; pass {K} values ({flag})")
@@ -139,8 +139,8 @@ class CTWA:
 
     def update(self, cov, objective_means, losses_after=None):
         """cov (K,): covariance_statistic(...)["signal"] of this step; objective_means (K,): batch means of r_k."""
-        v = torch.as_tensor(cov, dtype=F64).flatten()
-        means = torch.as_tensor(objective_means, dtype=F64).flatten()
+        v = torch.as_tensor(cov, dtype=F64).to("cpu").flatten()  # the weights live on the CPU; cov may be on a GPU
+        means = torch.as_tensor(objective_means, dtype=F64).to("cpu").flatten()
         if v.numel() != self.K or means.numel() != self.K:
             raise ValueError(f"cov and objective_means must have {self.K} entries, got {v.numel()}, {means.numel()}")
         if not (torch.isfinite(v).all() and torch.isfinite(means).all()):

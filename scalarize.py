@@ -33,7 +33,7 @@ def _vector(values, K, what, flag, nonneg=False):
     """A scalar, length-1 or length-K sequence -> (K,) float64; errors name the flag that fixes them."""
     if values is None:
         raise ValueError(f"{what} are required ({flag})")
-    v = torch.as_tensor(values, dtype=F64).flatten()
+    v = torch.as_tensor(values, dtype=F64).to("cpu").flatten()  # method state lives on the CPU
     v = v.expand(K).clone() if v.numel() == 1 else v
     if v.numel() != K:
         raise ValueError(f"{what} has {v.numel()} entries, expected {K}; pass {K} values ({flag})")
@@ -574,7 +574,7 @@ class GradNorm(Method):
     def update(self, cov, objective_means, losses_after=None):
         if self.progress == "loss":
             return
-        means = torch.as_tensor(objective_means, dtype=F64).flatten()
+        means = torch.as_tensor(objective_means, dtype=F64).to("cpu").flatten()
         if means.numel() != self.K or not torch.isfinite(means).all():
             return self._skip(f"objective means {means.tolist()} are not {self.K} finite values")
         self.current = (1 - means).clamp(min=1e-6)  # rewards lie in [0, 1]: 1 - mean is the remaining deficit
@@ -634,7 +634,7 @@ class FAMO(Method):
     def update(self, cov, objective_means, losses_after=None):
         if losses_after is None:
             raise ValueError("famo needs losses_after: the per-objective losses re-evaluated after the step")
-        after = torch.as_tensor(losses_after, dtype=F64).flatten()
+        after = torch.as_tensor(losses_after, dtype=F64).to("cpu").flatten()
         if self.before is None or after.numel() != self.K or not torch.isfinite(after).all():
             return self._skip(f"losses_after {after.tolist()} unusable (or no coefficients() call before)")
         self._rebound(torch.minimum(self.before, after))

@@ -531,13 +531,13 @@ for step in bar:
 
     if method.needs_gram:  # dynamic weighting: weights from the Gram of per-objective gradients before the update
         _, gram, _ = objective_grads(chunks(n, args.micro_batch), all_sum(mask.sum().float()))
-        method.observe_gram(gram.cpu(), lr)
+        method.observe_gram(gram, lr)
     if method.level == "reward":
-        scores = method.scalarize(rewards.cpu()).to(device)  # (N,); method state lives on the CPU
+        scores = method.scalarize(rewards)  # (N,)
         adv_all = advantages(scores)
         record["score"] = scores.mean().item()
     elif method.level == "advantage":
-        adv_all = method.combine(objective_adv.cpu(), rewards.cpu()).to(device)
+        adv_all = method.combine(objective_adv, rewards)
     adv_local = adv_all[own] if method.level != "gradient" else None
     # ---- policy update: mini-batches x PPO epochs, token-mean over the global mini-batch
     model.train()
@@ -549,7 +549,7 @@ for step in bar:
             total = torch.zeros((), device=device)
             if method.level == "gradient":  # d = sum_k c_k g_k from the Gram matrix (scalarize.py)
                 g, gram, losses = objective_grads(micro, tokens, log_stats=True)
-                coeffs = torch.as_tensor(method.coefficients(gram.cpu(), losses.cpu())).to(g)  # (K,)
+                coeffs = torch.as_tensor(method.coefficients(gram, losses)).to(g)  # (K,)
                 flat = coeffs @ g  # (P_params,)
                 offset = 0
                 for p in params:
@@ -601,9 +601,8 @@ for step in bar:
                                             for k in range(K)])  # (K,) token-means over this rank's rows
             tokens = mask.sum().float()
             losses_after = all_sum(losses_after * tokens) / all_sum(tokens)  # token-mean over all ranks
-    signal = None if stat is None else stat["corr_mean"] if getattr(method, "use_corr", False) else stat["cov_mean"]
-    method.update(None if signal is None else signal.cpu(), objective_means.cpu(),
-                  None if losses_after is None else losses_after.cpu())
+    method.update(None if stat is None else stat["corr_mean"] if getattr(method, "use_corr", False)
+                  else stat["cov_mean"], objective_means, losses_after)  # methods keep their state on the CPU
     # ---- log
     record = {"step": step + 1, **{f"reward/{o}": objective_means[k].item() for k, o in enumerate(objectives)},
               **record, **method.metrics(), "entropy": stats["entropy"] / max(stats["micro_steps"], 1),
