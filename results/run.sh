@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates results/: every method x 3 seeds on the embedded arith task, a CTWA covariance-target sweep (paper
-# Fig. 4), then the figures and the summary table with eval.py. About 30 minutes on an idle 2-core CPU (27 measured, from scratch).
+# Fig. 4), then the figures and the summary table with eval.py. About 30 minutes on an idle 2-core CPU (27 measured,
+# from a fresh clone with an empty cache).
 #     bash results/run.sh            # JOBS=2 runs at a time (one per core), runs in runs/, figures in results/
 set -euo pipefail
 cd "$(dirname "$0")/.."
