@@ -259,8 +259,9 @@ def _train_trl(s, model_dir, tokenizer, texts, answers, seed):
 
 
 def _train_phases(s, model_dir, prompts, eos_id, seed, reps=3):
-    """Median CPU seconds of the pieces of our step, each timed alone in this process: the rollout, one no-grad
-    log-prob forward of the batch, the policy-loss forward + backward, and CTWA's weights + per-prompt covariance."""
+    """Median CPU seconds of the pieces of our step, each timed alone in this process through the functions train.py
+    calls: the rollout, one no-grad log-prob forward of the batch, the policy-loss forward + backward, and CTWA's
+    weights + per-prompt covariance."""
     import statistics
     import time
 
@@ -268,44 +269,36 @@ def _train_phases(s, model_dir, prompts, eos_id, seed, reps=3):
 
     import ctwa
     import loss
-    from kernels import token_logprobs
+    import rollout
     from model import Transformer
-    from rollout import generate
 
     G, M, eps = s["G"], s["micro_batch"], s["eps"]
     policy = Transformer.from_pretrained(model_dir)
     gen = torch.Generator().manual_seed(seed)
 
-    def rollout():
-        return generate(policy, prompts[:s["prompts"]], s["new_tokens"], group_size=G, eos_ids=(eos_id,), generator=gen)
+    def sample():
+        return rollout.generate(policy, prompts[:s["prompts"]], s["new_tokens"], group_size=G, eos_ids=(eos_id,),
+                                generator=gen)
 
-    batch = rollout()
-    seq, attn, mask, Pw = batch.sequences, batch.attn_mask, batch.completion_mask, batch.prompt_width
-    N = seq.size(0)
+    batch = sample()
+    mask, N = batch.completion_mask, batch.sequences.size(0)
     rewards = torch.randint(0, 2, (N, 3), generator=gen).float()  # (N, K): the values do not change the cost
     adv = loss.grpo_advantages(rewards.mean(1), G)
 
-    def logprobs():  # (N, T - Pw) completion log-probs, in micro-batches as train.py
-        out = []
-        for i in range(0, N, M):
-            hidden = policy(seq[i:i + M, :-1], attn_mask=attn[i:i + M, :-1], return_hidden=True)  # (M, T-1, C)
-            out.append(token_logprobs(hidden[:, Pw - 1:], policy.lm_head.weight, seq[i:i + M, Pw:]))
-        return torch.cat(out)
-
     def forward():
-        with torch.no_grad():
-            return logprobs()
+        return rollout.rollout_logprobs(policy, batch, M)
 
-    def fwd_bwd():
+    def fwd_bwd():  # one micro-batch of all rows, as bench_train's settings give train.py
         policy.zero_grad(set_to_none=True)
-        loss.policy_loss(logprobs(), batch.logprobs, adv, mask, None, eps, eps, None)[0].backward()
+        logp = rollout.completion_logprobs(policy, batch, torch.arange(N))
+        loss.policy_loss(logp, batch.logprobs, adv, mask, None, eps, eps, None)[0].backward()
 
     def stats():
         w, _ = ctwa.completion_weights(forward_out, batch.logprobs, adv, mask, eps, eps)
         ctwa.covariance_statistic(rewards, w, G)
 
     forward_out = forward()
-    pieces = {"rollout": rollout, "forward": forward, "fwd_bwd": fwd_bwd, "stats": stats}
+    pieces = {"rollout": sample, "forward": forward, "fwd_bwd": fwd_bwd, "stats": stats}
     result = {}
     for name, fn in pieces.items():
         fn()  # warm-up
@@ -342,7 +335,7 @@ def bench_train(args):
     import torch
     import transformers
 
-    import tasks
+    import arith
 
     try:
         import trl
@@ -353,8 +346,8 @@ def bench_train(args):
     s = dict(steps=8, prompts=8, G=8, new_tokens=32, micro_batch=64, lr=1e-5, eps=0.2)
     S = s["steps"]
     seed, t_start, load_start = args.seed, time.perf_counter(), os.getloadavg()[0]
-    tokenizer = tasks.arith_tokenizer()
-    train_set = tasks.load_task("arith", "train", tokenizer, seed=seed)
+    tokenizer = arith.tokenizer()
+    train_set = arith.load_task("train", tokenizer, seed=seed)
     order = torch.randperm(len(train_set.prompts), generator=torch.Generator().manual_seed(seed))  # train.py, epoch 0
     order = order[:S * s["prompts"]].tolist()
     prompts = [train_set.prompts[i] for i in order]

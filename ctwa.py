@@ -23,11 +23,11 @@ code's, not in the paper's text (outlier=inf and obj_targets=None turn them off)
 Run:  python ctwa.py  (the covariance law as a short lesson);  python -m pytest -q tests/test_ctwa.py
 """
 import math
-import warnings
 
 import torch
 
 import kernels
+import scalarize
 
 F64 = torch.float64
 
@@ -56,11 +56,11 @@ def completion_weights(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torc
 
 
 @torch.no_grad()
-def covariance_statistic(rewards: torch.Tensor, w: torch.Tensor, group_size: int, use_corr: bool = False,
-                         outlier: float = 100.0) -> dict:
-    """Cov(r_k, w) and Corr(r_k, w) within each prompt, averaged over prompts (spec §8.4 steps 7-10), for any method.
-    Rows are prompt-major (row = prompt * G + g). Rows with non-finite w or |w| > outlier * median|w| are dropped; cov
-    averages over groups with >= 2 kept rows, corr over the groups where it is defined. "signal" is what CTWA uses."""
+def covariance_statistic(rewards: torch.Tensor, w: torch.Tensor, group_size: int, outlier: float = 100.0) -> dict:
+    """Cov(r_k, w) and Corr(r_k, w) within each prompt, averaged over prompts (spec §8.4 steps 7-10), for any method:
+    {"cov": (K,), "corr": (K,), "w_mean", "w_std", "n_groups"}. Rows are prompt-major (row = prompt * G + g). Rows
+    with non-finite w or |w| > outlier * median|w| are dropped; cov averages over groups with >= 2 kept rows, corr
+    over the groups where it is defined."""
     if rewards.dim() != 2 or w.shape != (rewards.shape[0],) or rewards.shape[0] % group_size:
         raise ValueError(f"need rewards (N, K), w (N,) and N divisible by group_size={group_size}; "
                          f"got {tuple(rewards.shape)} and {tuple(w.shape)}")
@@ -76,55 +76,49 @@ def covariance_statistic(rewards: torch.Tensor, w: torch.Tensor, group_size: int
     n_groups = int(used.sum())
     cov = kernels.group_covariance(rewards.float(), w, group_size, keep)  # (P, K), 0 for groups with < 2 rows
     corr, valid = kernels.group_correlation(rewards.float(), w, group_size, keep)  # (P, K) each
-    # a group where r_k is constant counts as 0 toward cov (official), but is left out of corr's average
-    cov_mean = cov.sum(0) / max(n_groups, 1)
-    corr_mean = (corr * valid).sum(0) / valid.sum(0).clamp(min=1)
     kept = w[keep]
-    return {"cov_mean": cov_mean, "corr_mean": corr_mean, "signal": corr_mean if use_corr else cov_mean,
+    # a group where r_k is constant counts as 0 toward cov (official), but is left out of corr's average
+    return {"cov": cov.sum(0) / max(n_groups, 1), "corr": (corr * valid).sum(0) / valid.sum(0).clamp(min=1),
             "w_mean": float(kept.mean()) if kept.numel() else 0.0,
             "w_std": float(kept.std(correction=0)) if kept.numel() else 0.0, "n_groups": n_groups}
 
 
-def _vector(values, K, what, flag):
-    v = torch.as_tensor(values, dtype=F64).to("cpu").flatten()
-    v = v.expand(K).clone() if v.numel() == 1 else v
-    if v.numel() != K:
-        raise ValueError(f"{what} has {v.numel()} entries, expected {K}; pass {K} values ({flag})")
-    if torch.isnan(v).any():
-        raise ValueError(f"{what} contains NaN: {v.tolist()} ({flag})")
-    return v
-
-
-class CTWA:
+class CTWA(scalarize.Method):
     """Reward-level s = sum_k w_k r_k whose weights grow in log space while the EMA of Cov(r_k, w_clip) is below its
-    target (Lu & Jiang 2026, §5): log w += lambda relu(c* - e) 1[mean r < o*]. Same interface as scalarize's methods;
-    construct with keywords (num_objectives defaults to the length of init_weights or cov_targets)."""
-    name, level = "ctwa", "reward"
-    needs_gram = needs_losses_after = ratio_to_reference = False
+    target (Lu & Jiang 2026, §5): log w += lambda relu(c* - e) 1[mean r < o*]. K is num_objectives, else the length of
+    the first vector given (init_weights, cov_targets, obj_targets). The paper's targets (0.15 accuracy, 0.08 the
+    others) and objective targets (1.0, then 0.95) generalise to any K as "the first objective, then the rest"."""
+    name, clipped = "ctwa", False  # the paper's CTWA run is REINFORCE++ without clipping
     HELP = {"init_weights": "initial weights, K floats (default uniform 1/K, the paper's 1/3 each)",
-            "cov_targets": "covariance targets c*, K floats (paper: 0.15 accuracy, 0.08 conciseness and clarity)",
+            "cov_targets": "covariance targets c*, K floats (default: the paper's 0.15 first objective, 0.08 the rest)",
             "lambda_lr": "step lambda on the log-weights", "ema_tau": "EMA rate tau of the covariance",
-            "obj_targets": "freeze w_k once the batch mean of r_k reaches o*_k, K floats (none: never freeze)",
-            "use_corr": "target the correlation instead of the covariance",
+            "obj_targets": "freeze w_k once the batch mean of r_k reaches o*_k, K floats (default 1.0 first, 0.95 the "
+                           "rest, the official code's; inf = never freeze)",
+            "signal": "what CTWA targets: cov (the paper) | corr (the correlation)",
             "w_agg": "completion weight from token weights: mean | mean_unclipped | sum"}
+    LOGGED = {"weight": "weights", "ema": "ema", "deficit": "deficit"}
+    _state = ("log_w", "ema", "deficit")
 
-    def __init__(self, init_weights=None, cov_targets=(0.15, 0.08, 0.08), lambda_lr=0.05, ema_tau=0.1,
-                 obj_targets=(1.0, 0.95, 0.95), num_objectives=None, use_corr=False, w_agg="mean"):
-        sizes = [len(torch.as_tensor(v).flatten()) for v in (init_weights, cov_targets) if v is not None]
-        K = num_objectives or next((n for n in sizes if n > 1), None)
-        if not K:
+    def __init__(self, init_weights=None, cov_targets=None, lambda_lr=0.05, ema_tau=0.1, obj_targets=None,
+                 num_objectives=None, signal="cov", w_agg="mean"):
+        given = [v for v in (init_weights, cov_targets, obj_targets) if v is not None and torch.as_tensor(v).dim()]
+        if num_objectives is None and not given:
             raise ValueError("CTWA cannot tell the number of objectives: pass num_objectives or K init_weights")
-        self.K, self.names, self.skipped = int(K), [str(k) for k in range(K)], 0
-        w0 = _vector(1 / K if init_weights is None else init_weights, K, "init_weights", "--ctwa-init-weights")
-        if not (w0 >= 0).all() or not w0.sum() > 0:
-            raise ValueError(f"init_weights must be >= 0 with a positive sum, got {w0.tolist()}")
+        super().__init__(num_objectives or len(torch.as_tensor(given[0]).flatten()))
+        K = self.K
+        w0 = scalarize.vector(1 / K if init_weights is None else init_weights, K, "init_weights",
+                              self._flag("init_weights"), nonneg=True)
+        if not w0.sum() > 0:
+            raise ValueError(f"init_weights must have a positive sum, got {w0.tolist()} ({self._flag('init_weights')})")
         self.log_w = w0.clamp(min=1e-8).log()
-        self.cov_targets = _vector(cov_targets, K, "cov_targets", "--ctwa-cov-targets")
-        self.obj_targets = _vector(math.inf if obj_targets is None else obj_targets, K, "obj_targets",
-                                   "--ctwa-obj-targets")
-        if w_agg not in ("mean", "mean_unclipped", "sum"):
-            raise ValueError(f"--ctwa-w-agg must be one of mean, mean_unclipped, sum; got {w_agg!r}")
-        self.lambda_lr, self.ema_tau, self.use_corr, self.w_agg = float(lambda_lr), float(ema_tau), use_corr, w_agg
+        first_then_rest = lambda first, rest: [first] + [rest] * (K - 1)  # noqa: E731
+        self.cov_targets = scalarize.vector(first_then_rest(0.15, 0.08) if cov_targets is None else cov_targets, K,
+                                            "cov_targets", self._flag("cov_targets"))
+        self.obj_targets = scalarize.vector(first_then_rest(1.0, 0.95) if obj_targets is None else obj_targets, K,
+                                            "obj_targets", self._flag("obj_targets"), finite=False)
+        self.needs_statistic = scalarize._choice(signal, ("cov", "corr"), self._flag("signal"))
+        self.w_agg = scalarize._choice(w_agg, ("mean", "mean_unclipped", "sum"), self._flag("w_agg"))
+        self.lambda_lr, self.ema_tau = float(lambda_lr), float(ema_tau)
         self.ema, self.deficit = None, torch.zeros(K, dtype=F64)
 
     @property
@@ -132,44 +126,23 @@ class CTWA:
         return self.log_w.exp()
 
     def scalarize(self, rewards):
-        if rewards.dim() != 2 or rewards.shape[1] != self.K or not torch.isfinite(rewards).all():
-            raise ValueError(f"rewards must be finite (N, {self.K}), got shape {tuple(rewards.shape)} or NaN/inf")
-        r = rewards if rewards.is_floating_point() else rewards.float()
+        r = scalarize._matrix(rewards, self.K, "rewards")
         return r @ self.weights.to(r)  # (N,)
 
-    def update(self, cov, objective_means, losses_after=None):
-        """cov (K,): covariance_statistic(...)["signal"] of this step; objective_means (K,): batch means of r_k."""
-        v = torch.as_tensor(cov, dtype=F64).to("cpu").flatten()  # the weights live on the CPU; cov may be on a GPU
-        means = torch.as_tensor(objective_means, dtype=F64).to("cpu").flatten()
-        if v.numel() != self.K or means.numel() != self.K:
-            raise ValueError(f"cov and objective_means must have {self.K} entries, got {v.numel()}, {means.numel()}")
-        if not (torch.isfinite(v).all() and torch.isfinite(means).all()):
-            self.skipped += 1
-            warnings.warn(f"ctwa: skipped a weight update (non-finite statistic); {self.skipped} skipped so far",
-                          stacklevel=2)
-            return
+    def update(self, statistic, objective_means):
+        """statistic (K,): this step's prompt-averaged Cov(r_k, w) (or Corr, signal="corr"); objective_means (K,):
+        batch means of r_k."""
+        v, means = scalarize._means(statistic, self.K, "statistic"), scalarize._means(objective_means, self.K, "means")
+        if v is None or means is None:
+            return self._skip(f"statistic {statistic} or objective means {objective_means} are not {self.K} finite "
+                              "values")
         self.ema = v.clone() if self.ema is None else (1 - self.ema_tau) * self.ema + self.ema_tau * v
         self.deficit = (self.cov_targets - self.ema).clamp(min=0) * (means < self.obj_targets)
         # no renormalisation: weights only grow, and group-normalised or whitened advantages see only their ratios
         self.log_w = self.log_w + self.lambda_lr * self.deficit
 
     def metrics(self) -> dict:
-        out = {"skipped": float(self.skipped), "weight_sum": float(self.weights.sum())}
-        for key, vec in (("weight", self.weights), ("ema", self.ema), ("deficit", self.deficit)):
-            if vec is not None:
-                out.update({f"{key}/{n}": float(x) for n, x in zip(self.names, vec)})
-        return out
-
-    def state_dict(self) -> dict:
-        return {"log_w": self.log_w.tolist(), "ema": None if self.ema is None else self.ema.tolist(),
-                "deficit": self.deficit.tolist(), "skipped": self.skipped}
-
-    def load_state_dict(self, state: dict):
-        if set(state) != {"log_w", "ema", "deficit", "skipped"}:
-            raise ValueError(f"ctwa state has keys {sorted(state)}, expected deficit, ema, log_w, skipped")
-        self.log_w, self.deficit = torch.tensor(state["log_w"], dtype=F64), torch.tensor(state["deficit"], dtype=F64)
-        self.ema = None if state["ema"] is None else torch.tensor(state["ema"], dtype=F64)
-        self.skipped = state["skipped"]
+        return {**super().metrics(), "weight_sum": float(self.weights.sum())}
 
 
 # ----------------------------------------------------------------------------------------------------------------

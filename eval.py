@@ -1,17 +1,15 @@
-"""Evaluation, figures, hypervolume and the interference detector for multi-objective RL runs.
+"""Evaluation, hypervolume, Pareto front and the interference detector for multi-objective RL runs.
 
 Reproduces the analysis of Lu & Jiang 2026, "Uncovering Cross-Objective Interference in Multi-Objective
-Alignment" (arXiv 2602.06869) on what train.py writes (<out>/config.json, <out>/metrics.jsonl, <out>/step-N/).
+Alignment" (arXiv 2602.06869) on what train.py writes (<out>/config.json, <out>/metrics.jsonl, <out>/step-N/);
+plots.py draws the paper's figures from the same logs and the summary.json written here.
 
 Checkpoints -> per-objective scores on a task split (greedy, or --samples n at --temperature t), table + JSON:
-    python eval.py --checkpoints ~/.cache/ctwa-nano/arith-base out/step-60 --task arith --out results/eval.json
-Runs -> the paper's figures as PNG and a summary table (markdown on stdout and in summary.md, JSON in summary.json):
-    python eval.py --runs runs/linear-s* runs/ctwa-s* --sweep runs/sweep-* --plots results/
-    fig1_objectives   objective curves per method (mean over seeds, band = ±1 std)         paper Fig. 1
-    fig2_weights      CTWA's weights over training                                          paper Fig. 2
-    fig3_covariance   per-objective Cov(reward, clipped advantage weight) per method        paper Fig. 3
-    fig4_sensitivity  final objectives per CTWA covariance-target setting (--sweep runs)    paper Fig. 4
-    fig5_pareto       final per-objective means across methods, Pareto front, hypervolume
+    python eval.py --checkpoints base_models/arith-s0 out/step-60 --task arith --out results/eval.json
+Base models -> step-0 scores (sampled T = 1, G = 4 and greedy), printed and written to <model>/scores.json:
+    python eval.py --base-models base_models/arith-s*
+Runs -> summary table per method (markdown on stdout and in summary.md, JSON in summary.json):
+    python eval.py --runs runs/linear-s* runs/ctwa-s* --sweep runs/sweep-* --summary-dir results/
 
 Conventions. A run's "final" value is its last eval/<obj> (greedy, test split) if logged, else the mean of
 reward/<obj> over its last `window` steps; "base" is its first eval (step 0 = the base model), else its first `window`
@@ -27,6 +25,7 @@ import os
 import numpy as np
 import torch
 
+import arith
 import rollout
 import tasks
 from model import Transformer
@@ -79,21 +78,30 @@ def sample_checkpoint(path: str, task: str, split: str = "test", samples: int = 
     if samples > 1 and temperature == 0:
         raise ValueError(f"--samples {samples} at temperature 0 repeats one greedy answer: pass --temperature > 0")
     tokenizer, net = tasks.load_tokenizer(path), Transformer.from_pretrained(path).to(device).eval()
-    data = tasks.load_task(task, split, tokenizer, data_path=data_path, seed=seed, num_prompts=num_prompts)
-    gen, eos_ids = torch.Generator(device=device).manual_seed(seed), {tokenizer.eos_token_id} - {None}
-    if os.path.isfile(os.path.join(path, "generation_config.json")):  # stop where train.py's rollouts stop
-        with open(os.path.join(path, "generation_config.json")) as f:
-            eos = json.load(f).get("eos_token_id")
-        eos_ids |= set(eos if isinstance(eos, list) else [eos]) - {None}
+    if task == "arith":
+        data = arith.load_task(split, tokenizer, seed=seed, num_prompts=num_prompts)
+    elif task == "math500":
+        data = tasks.load_math500(split, tokenizer, data_path=data_path, num_prompts=num_prompts)
+    else:
+        raise ValueError(f"unknown task {task!r}: use 'arith' (the embedded CPU task) or 'math500'")
+    gen, eos_ids = torch.Generator(device=device).manual_seed(seed), tasks.eos_ids(path, tokenizer)
     responses, lengths, P = [], [], max(1, batch_size // samples)  # big calls amortise the per-token overhead
     for i in range(0, len(data.prompts), P):
-        ro = rollout.generate(net, data.prompts[i:i + P], max_new_tokens, temperature=temperature,
-                              eos_ids=sorted(eos_ids), group_size=samples, generator=gen,
-                              pad_id=tokenizer.pad_token_id or 0)
+        ro = rollout.generate(net, data.prompts[i:i + P], max_new_tokens, temperature=temperature, eos_ids=eos_ids,
+                              group_size=samples, generator=gen, pad_id=tokenizer.pad_token_id or 0)
         responses += tokenizer.batch_decode(ro.completions, skip_special_tokens=True)
         lengths += [len(c) for c in ro.completions]  # tokens including the EOS, as in training
     answers = [a for a in data.answers for _ in range(samples)]  # rows prompt-major, like the rollout
-    return dict(responses=responses, lengths=lengths, answers=answers, texts=data.texts)
+    return dict(responses=responses, lengths=lengths, answers=answers, texts=data.texts, samples=samples)
+
+
+def score_completions(out: dict, length_threshold) -> dict:
+    """Per-objective means of sample_checkpoint's completions, their mean length, and the fraction of prompts whose
+    every sample is wrong; conciseness against `length_threshold` (tasks.score, as in training)."""
+    rewards = tasks.score(out["responses"], out["lengths"], out["answers"], length_threshold)  # (N, K)
+    all_wrong = rewards[:, 0].view(-1, out["samples"]).amax(1) == 0  # (P,)
+    return dict(zip(tasks.OBJECTIVES, rewards.double().mean(0).tolist()),
+                response_length=float(np.mean(out["lengths"])), all_wrong=all_wrong.double().mean().item())
 
 
 def evaluate_checkpoints(paths: list, task: str, length_threshold=None, **sample_kw) -> list[dict]:
@@ -107,12 +115,22 @@ def evaluate_checkpoints(paths: list, task: str, length_threshold=None, **sample
         threshold, source = (length_threshold, "--length-threshold") if given else run_length_mean(path)
         if threshold is None:
             threshold, source = first_mean, f"mean response length of {paths[0]}"
-        rewards = np.array([[tasks.accuracy(r, a), tasks.conciseness(n, threshold), tasks.clarity(r)] for r, n, a
-                            in zip(out["responses"], out["lengths"], out["answers"])])  # (N, K), OBJECTIVES order
-        results.append(dict(checkpoint=path, **dict(zip(tasks.OBJECTIVES, rewards.mean(0).tolist())),
-                            response_length=float(np.mean(out["lengths"])), length_threshold=threshold,
+        results.append(dict(checkpoint=path, **score_completions(out, threshold), length_threshold=threshold,
                             threshold_source=source, prompts=len(out["texts"]), completions=len(out["lengths"])))
     return results
+
+
+def base_scores(path: str, group_size: int = 4, num_prompts=None) -> dict:
+    """Step-0 scores of an arith base model on the test split (seed 0), as training step 1 sees it: `group_size`
+    samples per prompt at temperature 1 (generator seed 0), and greedy; both judge conciseness against the sampled
+    mean length, the running mean after one batch."""
+    rows = group_size * (num_prompts or arith.SIZES["test"])  # one rollout call: the samples depend on the batching
+    kw = dict(max_new_tokens=arith.MAX_NEW_TOKENS, num_prompts=num_prompts, batch_size=rows)
+    sampled = sample_checkpoint(path, "arith", samples=group_size, temperature=1.0, **kw)
+    greedy = sample_checkpoint(path, "arith", **kw)
+    threshold = float(np.mean(sampled["lengths"]))
+    return {name: dict(score_completions(out, threshold), length_threshold=threshold)
+            for name, out in (("sampled", sampled), ("greedy", greedy))}
 
 
 # -------------------- run logs ---------------------------------------------------------------------------------------
@@ -265,146 +283,31 @@ def markdown_table(rows: list) -> str:
     return _md(head, lines)
 
 
-# -------------------- figures (each saves a PNG and returns its matplotlib Figure) -----------------------------------
-def _subplots(n, height, bottom=0.55):
-    from matplotlib.figure import Figure  # optional dependency; a bare Figure, no pyplot: no display, no global state
-
-    w = 4.2 * n  # inches; fixed margins (in inches) because tight_layout costs an extra draw per figure
-    fig = Figure(figsize=(w, height))
-    fig.subplots_adjust(left=0.75 / w, right=1 - 0.1 / w, bottom=bottom / height, top=1 - 0.6 / height, wspace=0.4)
-    return fig, fig.subplots(1, n, squeeze=False)[0]
-
-
-def _finish(fig, title, path):
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-def _group_curve(runs, key, window):
-    """Steps shared by all seeds, mean and std over seeds of the (smoothed, unless eval) curve, or None."""
-    w = 1 if key.startswith("eval/") else window
-    curves = [dict(zip(s, _smooth(s, v, w))) for s, v in (_series(r["metrics"], key) for r in runs) if s]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    if not steps:
-        return None
-    v = np.array([[c[s] for s in steps] for c in curves])  # (seeds, steps)
-    return np.array(steps), v.mean(0), v.std(0, ddof=1) if len(v) > 1 else np.zeros(len(steps))
-
-
-def _line_panels(groups, names, keys, path, title, window, hlines=None):
-    fig, axes = _subplots(len(names), 3.4)
-    for ax, name, key in zip(axes, names, keys):
-        for label, runs in groups.items():
-            curve = _group_curve(runs, key, window)
-            if curve is None:
-                continue
-            steps, mean, std = curve
-            (line,) = ax.plot(steps, mean, label=label)
-            if len(runs) > 1:
-                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-            for y in (hlines or {}).get((label, name), []):
-                ax.axhline(y, color=line.get_color(), linestyle="--", linewidth=0.8)
-        smoothed = "" if key.startswith("eval/") or window <= 1 else f", mean of {window} steps"
-        ax.set(title=name, xlabel="step", ylabel=key + smoothed)
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
-    return _finish(fig, title, path)
-
-
-def plot_objectives(groups: dict, objectives: list, path: str, window: int = 10):
-    """Paper Fig. 1: one panel per objective plus response length, a line per method, ±1 std band over seeds."""
-    names, runs = objectives + ["response_length"], [r for g in groups.values() for r in g]
-    # eval/<name> only when every run logged it, so a panel never mixes test and training curves
-    keys = [f"eval/{n}" if all(_curve_key(r["metrics"], n).startswith("eval/") for r in runs) else _curve_key([], n)
-            for n in names]
-    return _line_panels(groups, names, keys, path, "objectives over training", window)
-
-
-def plot_weights(groups: dict, objectives: list, path: str):
-    """Paper Fig. 2: CTWA's per-objective weights over training, a line per covariance-target setting."""
-    ctwa = {label: runs for label, runs in groups.items() if runs[0]["config"]["method"] == "ctwa"}
-    if not any(_series(r["metrics"], f"weight/{o}")[0] for g in ctwa.values() for r in g for o in objectives):
-        raise ValueError("plot_weights: no CTWA run with weight/<obj> in its log among the runs given")
-    return _line_panels(ctwa, objectives, [f"weight/{o}" for o in objectives], path, "CTWA weights", 1)
-
-
-def plot_covariance(groups: dict, objectives: list, path: str, window: int = 10):
-    """Paper Fig. 3: Cov(reward_k, clipped advantage weight) per objective and method; dashed = CTWA's targets."""
-    targets = {(label, o): [t] for label, runs in groups.items() if runs[0]["targets"]
-               for o, t in zip(objectives, runs[0]["targets"])}
-    keys = [f"cov/{o}" for o in objectives]
-    return _line_panels(groups, objectives, keys, path, "reward / advantage-weight covariance", window, targets)
-
-
-def plot_sensitivity(rows: list, path: str):
-    """Paper Fig. 4: final objectives per CTWA covariance-target setting (rows: summarize() of CTWA runs)."""
-    rows = sorted((r for r in rows if r["method"] == "ctwa"), key=lambda r: tuple(r["targets"] or ()))
-    if not rows:
-        raise ValueError("plot_sensitivity: no CTWA runs among the sweep runs given")
-    names = rows[0]["objectives"] + ["response_length"]
-    fig, axes = _subplots(len(names), 4.2, bottom=1.4)  # room for the rotated target labels
-    x, colors = np.arange(len(rows)), ["tab:red" if min(r["targets"] or [0]) < 0 else "tab:blue" for r in rows]
-    for ax, name in zip(axes, names):
-        mean, std = np.array([r["final"][name] for r in rows]).T
-        ax.bar(x, mean, yerr=std, capsize=3, color=colors)
-        ax.set_xticks(x, [r["label"].removeprefix("ctwa ") for r in rows], rotation=45, ha="right", fontsize=7)
-        ax.set(title=name, xlabel="covariance targets", ylabel=f"final {name}")
-    return _finish(fig, "CTWA covariance-target sensitivity (red: a negative target)", path)
-
-
-def plot_pareto(rows: list, path: str):
-    """Final per-objective means per method on every pair of objectives; filled = on the Pareto front (all K)."""
-    objs = rows[0]["objectives"]
-    points = [[r["final"][o][0] for o in objs] for r in rows]
-    front = pareto_mask(points)
-    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
-    fig, axes = _subplots(len(pairs), 3.8)
-    for ax, (i, j) in zip(axes, pairs):
-        for k, (r, p) in enumerate(zip(rows, points)):
-            ax.scatter(p[i], p[j], s=60, edgecolors=f"C{k % 10}", facecolors=f"C{k % 10}" if front[k] else "none",
-                       label=f"{r['label']} HV={r['hypervolume'][0]:.3f}")
-        ax.set(xlabel=f"{objs[i]} (reward)", ylabel=f"{objs[j]} (reward)")
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
-    title = f"final Pareto front (filled = non-dominated), HV of the front = {hypervolume(points):.3f} (ref 0)"
-    return _finish(fig, title, path)
-
-
-def report(run_dirs: list, plots_dir: str, sweep_dirs=(), window: int = 10, threshold: float = 0.05) -> dict:
-    """Figures and summary of runs (and of a CTWA target sweep): prints markdown, writes summary.{md,json}."""
-    os.makedirs(plots_dir, exist_ok=True)
+def report(run_dirs: list, summary_dir: str, sweep_dirs=(), window: int = 10, threshold: float = 0.05) -> dict:
+    """Summary of runs (and of a CTWA target sweep): prints markdown, writes summary.{md,json} (plots.py reads it)."""
     runs = [load_run(d) for d in run_dirs]
     objs = runs[0]["objectives"]
     if any(r["objectives"] != objs for r in runs):
         raise ValueError("report: the runs were trained on different objective lists; compare like with like")
-    groups, rows = group_runs(runs), summarize(runs, window, threshold)
-    out = dict(window=window, threshold=threshold, methods=rows, figures={})
-    figures = dict(fig1_objectives=lambda p: plot_objectives(groups, objs, p, window),
-                   fig2_weights=lambda p: plot_weights(groups, objs, p),
-                   fig3_covariance=lambda p: plot_covariance(groups, objs, p, window),
-                   fig5_pareto=lambda p: plot_pareto(rows, p))
+    rows = summarize(runs, window, threshold)
+    points = [[r["final"][o][0] for o in objs] for r in rows]  # (methods, K) final means
+    for r, on_front in zip(rows, pareto_mask(points)):
+        r["pareto"] = on_front
+    out = dict(window=window, threshold=threshold, front_hypervolume=hypervolume(points), methods=rows)
     sweep = [load_run(d) for d in sweep_dirs] or [r for r in runs if r["config"]["method"] == "ctwa"]
-    if sweep:
-        out["sweep"] = summarize(sweep, window, threshold)
-        figures["fig4_sensitivity"] = lambda p: plot_sensitivity(out["sweep"], p)
-    for name, draw in sorted(figures.items()):
-        try:
-            draw(os.path.join(plots_dir, name + ".png"))
-            out["figures"][name] = name + ".png"  # relative: summary.json sits beside the figures
-        except ValueError as e:  # e.g. no CTWA run among the runs: skip that figure and say why
-            print(f"skipped {name}: {e}")
     text = markdown_table(rows)
     if sweep:
+        out["sweep"] = summarize(sweep, window, threshold)
         text += "\n\nCTWA covariance-target sweep\n\n" + markdown_table(out["sweep"])
     print(text)
     for p in (p for r in rows for p in r["runs"]):
         hits = "; ".join(f"{d['objective']} fell {d['start']:.3f} -> {d['value']:.3f} by step {d['step']} while the "
                          f"score rose {d['score_start']:.3f} -> {d['score']:.3f}" for d in p["interference"])
         print(f"interference {p['dir']}: {hits or 'none detected'}")
-    with open(os.path.join(plots_dir, "summary.md"), "w") as f:
+    os.makedirs(summary_dir, exist_ok=True)
+    with open(os.path.join(summary_dir, "summary.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(plots_dir, "summary.json"), "w") as f:
+    with open(os.path.join(summary_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out
 
@@ -425,26 +328,41 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="sampling seed; also picks the arith test problems")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--out", default=None, help="write the checkpoint results to this JSON file")
-    # --- runs: figures and summary
+    parser.add_argument("--base-models", nargs="+", default=[], help="arith base models: step-0 scores (sampled "
+                        "T=1 G=4, and greedy) on the test split, written to <model>/scores.json")
+    # --- runs: summary
     parser.add_argument("--runs", nargs="+", default=[], help="train.py output folders to compare")
     parser.add_argument("--sweep", nargs="+", default=[], help="CTWA runs of a covariance-target sweep (Fig. 4)")
-    parser.add_argument("--plots", default="results", help="folder for the PNGs and summary.{md,json}")
-    parser.add_argument("--window", type=int, default=10, help="smoothing window in steps (curves, detector)")
+    parser.add_argument("--summary-dir", default="results", help="folder for summary.{md,json}")
+    parser.add_argument("--window", type=int, default=10, help="steps averaged for base/final values and the detector")
     parser.add_argument("--threshold", type=float, default=0.05, help="detector: drop below the start that counts")
     args = parser.parse_args()
-    if not args.checkpoints and not args.runs:
-        parser.error("nothing to do: pass --checkpoints (evaluate models) and/or --runs (figures and summary)")
+    if not args.checkpoints and not args.base_models and not args.runs:
+        parser.error("nothing to do: pass --checkpoints (evaluate models), --base-models (their step-0 scores) "
+                     "and/or --runs (summary table)")
     if args.checkpoints:
         results = evaluate_checkpoints(
             args.checkpoints, args.task, args.length_threshold, split=args.split, samples=args.samples,
             temperature=args.temperature, max_new_tokens=args.max_new_tokens or {"arith": 40}.get(args.task, 1024),
             num_prompts=args.prompts, data_path=args.data_path, seed=args.seed, device=args.device)
-        print(_md(["checkpoint", *tasks.OBJECTIVES, "response length", "length threshold (source)"],
+        print(_md(["checkpoint", *tasks.OBJECTIVES, "response length", "all wrong", "length threshold (source)"],
                   [[r["checkpoint"], *(f"{r[o]:.3f}" for o in tasks.OBJECTIVES), f"{r['response_length']:.1f}",
-                    f"{r['length_threshold']:.1f} ({r['threshold_source']})"] for r in results]))
+                    f"{r['all_wrong']:.1%}", f"{r['length_threshold']:.1f} ({r['threshold_source']})"]
+                   for r in results]))
         if args.out:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "w") as f:
                 json.dump(dict(vars(args), results=results), f, indent=1)
+    lines = []
+    for path in args.base_models:
+        scores = base_scores(path)
+        with open(os.path.join(path, "scores.json"), "w") as f:  # the test split of seed 0, as tests/test_arith.py
+            json.dump(dict(split="test", seed=0, group_size=4, max_new_tokens=arith.MAX_NEW_TOKENS, **scores), f,
+                      indent=1)
+        lines += [[path, name, *(f"{s[o]:.3f}" for o in tasks.OBJECTIVES), f"{s['response_length']:.1f}",
+                   f"{s['all_wrong']:.1%}"] for name, s in scores.items()]
+    if lines:
+        print(_md(["base model", "decoding", *tasks.OBJECTIVES, "mean length", "prompts with every sample wrong"],
+                  lines))
     if args.runs:
-        report(args.runs, args.plots, args.sweep, args.window, args.threshold)
+        report(args.runs, args.summary_dir, args.sweep, args.window, args.threshold)

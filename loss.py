@@ -15,7 +15,7 @@ import torch
 import kernels
 from kernels.grpo_loss import kl_penalty  # noqa: F401  (public here: loss.kl_penalty is the one KL estimator)
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+ESTIMATORS = ("grpo", "reinforce_pp", "rloo", "reinforce")
 
 
 def _groups(scores, group_size):
@@ -46,11 +46,6 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((s - s.mean(1, keepdim=True)) * group_size / (group_size - 1)).view(-1)
 
 
-def reinforce_advantages(scores: torch.Tensor) -> torch.Tensor:
-    """Plain REINFORCE with the batch-mean baseline: S_i - mean(S)."""
-    return scores - scores.mean()
-
-
 def reinforce_pp_advantages(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """REINFORCE++ (γ = 1): reward-to-go that resets after the response end, whitened over all valid tokens of
     the batch (token-weighted mean, unbiased variance, +1e-8 inside the sqrt), times mask. (N, T) -> (N, T)."""
@@ -66,61 +61,76 @@ def reinforce_pp_advantages(token_rewards: torch.Tensor, mask: torch.Tensor) -> 
     end = seg.new_zeros(seg.shape[0], T + 1).scatter_reduce(1, seg, pos, "amax", include_self=False)  # (N, T+1)
     cs = token_rewards.cumsum(1)  # (N, T)
     returns = cs.gather(1, end.gather(1, seg)) - cs + token_rewards
-    mean = (returns * m).sum() / (n + 1e-8)  # token-weighted, over the whole batch
-    var = ((returns - mean).square() * m).sum() / (n + 1e-8) * n / (n - 1)  # unbiased
-    adv = (returns - mean) * torch.rsqrt(var + 1e-8) * m
-    # identical returns: rounding in the mean would leave ~1e-8 * 1e4 noise instead of the exact 0
-    valid = mask.bool()
+    return _whiten(returns, m, n, mask.bool())
+
+
+def _whiten(returns, weight, n, valid):
+    """(returns - mean) / sqrt(var + 1e-8) over the n valid entries (weight = how many tokens each entry stands for):
+    token-weighted mean, unbiased variance. Identical returns give exactly 0, not rounding noise of the mean."""
+    mean = (returns * weight).sum() / (n + 1e-8)
+    var = ((returns - mean).square() * weight).sum() / (n + 1e-8) * n / (n - 1)
+    adv = (returns - mean) * torch.rsqrt(var + 1e-8) * (weight > 0)
     same = returns.masked_fill(~valid, float("-inf")).amax() == returns.masked_fill(~valid, float("inf")).amin()
     return torch.where(same, torch.zeros_like(adv), adv)
 
 
-def aggregate(x: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean") -> torch.Tensor:
-    """Reduce per-token values (N, T) to a scalar. token-mean = Σ x·m / (Σ m + 1e-8) over the micro-batch
-    (verl's default: long answers weigh more); seq-mean-* average per-sequence means or sums over non-empty rows."""
+def reinforce_pp_outcome_advantages(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """REINFORCE++ for one outcome score per completion, in closed form: with the score on the last token and γ = 1
+    every valid token's return is the score itself, so the token-level whitening of reinforce_pp_advantages is the
+    length-weighted whitening of the scores. scores, lengths (N,) -> (N,), constant over each completion's tokens."""
+    L = lengths.to(scores.dtype)
+    if L.sum() < 2:
+        raise ValueError(f"REINFORCE++ whitening needs at least 2 valid tokens in the batch, got {int(L.sum())}")
+    return _whiten(scores, L, L.sum(), L > 0)
+
+
+def advantages(scores: torch.Tensor, kind: str, group_size: int, lengths: torch.Tensor | None = None,
+               scale: bool = True) -> torch.Tensor:
+    """Per-completion advantages (N,) of outcome scores (N,) by estimator `kind` (ESTIMATORS): the rewards are outcome
+    rewards, so every estimator's advantage is constant over a completion's tokens. lengths (N,) (tokens incl. EOS) are
+    needed by reinforce_pp, which whitens over tokens; scale=False is Dr.GRPO (no std division)."""
+    if kind == "grpo":
+        return grpo_advantages(scores, group_size, scale)
+    if kind == "rloo":
+        return rloo_advantages(scores, group_size)
+    if kind == "reinforce":  # plain REINFORCE with the batch-mean baseline
+        return scores - scores.mean()
+    if kind == "reinforce_pp":
+        if lengths is None:
+            raise ValueError("reinforce_pp advantages need the completion lengths (it whitens over tokens)")
+        return reinforce_pp_outcome_advantages(scores, lengths)
+    raise ValueError(f"unknown advantage estimator {kind!r}; use one of {ESTIMATORS}")
+
+
+def token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ x·m / (Σ m + 1e-8) over the micro-batch: verl's token-mean (long answers weigh more)."""
     m = mask.to(x.dtype)
-    if agg == "token-mean":
-        return (x * m).sum() / (m.sum() + 1e-8)
-    if agg not in AGG_MODES:
-        raise ValueError(f"unknown aggregation {agg!r}; use one of {AGG_MODES}")
-    lengths = m.sum(1)  # (N,)
-    per_seq = (x * m).sum(1) / (lengths + 1e-8 if agg == "seq-mean-token-mean" else 1.0)  # (N,)
-    has = (lengths > 0).to(x.dtype)
-    return (per_seq * has).sum() / (has.sum() + 1e-8)
+    return (x * m).sum() / (m.sum() + 1e-8)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
                 ref_logp: torch.Tensor | None = None, eps_low: float | None = 0.2, eps_high: float | None = 0.2,
                 clip_c: float | None = 3.0, kl_coef: float = 0.0, kl_type: str = "k3",
-                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0, agg: str = "token-mean"):
-    """PPO clipped surrogate (+ dual clip) + kl_coef·KL(π‖π_ref) - entropy_coef·entropy, aggregated by `agg`.
+                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0):
+    """PPO clipped surrogate (+ dual clip) + kl_coef·KL(π‖π_ref) - entropy_coef·entropy, token-mean.
     logp, old_logp, ref_logp, mask, entropy: (N, T); adv: (N,) per sequence or (N, T) per token.
     eps_low / eps_high / clip_c = None switch that clip off (all None: plain REINFORCE with importance ratio).
-    Returns (loss, metrics of detached 0-dim tensors, W (N, T)), W = Â·ρ·1[unclipped] for CTWA (spec §8.3)."""
+    Returns (loss, metrics {kl, clipfrac[, entropy]} of detached 0-dim tensors, W (N, T)), W = Â·ρ·1[unclipped] for
+    CTWA (spec §8.3)."""
     if clip_c is not None and clip_c <= 1:
         raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to switch it off), got {clip_c}")
     if kl_coef != 0 and ref_logp is None:
         raise ValueError("kl_coef != 0 needs ref_logp (log-probs of the frozen reference policy)")
     token_loss, W, kl = kernels.grpo_loss(logp, old_logp, adv, mask, ref_logp, eps_low, eps_high, clip_c, kl_coef,
                                           kl_type)
-    loss = aggregate(token_loss, mask, agg)
+    loss = token_mean(token_loss, mask)
     with torch.no_grad():
-        kl_mean = aggregate(kl, mask, agg)
         a = (adv.unsqueeze(1) if adv.dim() == 1 else adv).expand_as(W)  # (N, T)
-        m = mask.bool()
-        # W is zero exactly where the ε-clip is active (ρ > 0), and for A < 0 the dual clip is active iff ρ > c,
-        # i.e. W = A·ρ < A·c: both verl clip fractions fall out of W without another pass over the ratios.
-        clipped = m & (a != 0) & (W == 0)
-        dual = m & (a < 0) & (W < a * clip_c) if clip_c is not None else torch.zeros_like(m)
-        metrics = {
-            "pg_loss": loss.detach() - kl_coef * kl_mean,
-            "kl": kl_mean,
-            "ppo_kl": aggregate((old_logp - logp).detach().float(), mask, "token-mean"),
-            "clipfrac": aggregate(clipped.float(), mask, "token-mean"),
-            "clipfrac_lower": aggregate(dual.float(), mask, "token-mean"),
-        }
+        # W is zero exactly where the ε-clip is active (ρ > 0): verl's clip fraction without another pass
+        clipped = mask.bool() & (a != 0) & (W == 0)
+        metrics = {"kl": token_mean(kl, mask), "clipfrac": token_mean(clipped.float(), mask)}
     if entropy is not None:
-        ent = aggregate(entropy.float(), mask, agg)
+        ent = token_mean(entropy.float(), mask)
         loss = loss - entropy_coef * ent
         metrics["entropy"] = ent.detach()
     return loss, metrics, W

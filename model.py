@@ -229,8 +229,8 @@ class Transformer(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, idx, positions=None, attn_mask=None, kv_cache=None, return_hidden=False, head=None):
-        """idx (B, T) -> logits (B, T, V), or the final normed hidden states (B, T, C) with return_hidden.
+    def forward(self, idx, positions=None, attn_mask=None, kv_cache=None, head=None):
+        """idx (B, T) -> logits (B, T, V), or what `head` makes of the final normed hidden states.
 
         positions (B, T) long: RoPE positions; default = count of real tokens before each one (so left padding works).
         attn_mask (B, S) bool, True = real token, S = tokens in the cache after this call (= T without a cache).
@@ -270,7 +270,7 @@ class Transformer(nn.Module):
         x = self.model.norm(x)
         if head is not None:
             return head(x, self.lm_head.weight)
-        return x if return_hidden else self.lm_head(x)  # (B, T, C) or (B, T, V)
+        return self.lm_head(x)  # (B, T, V)
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> "Transformer":

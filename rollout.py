@@ -5,6 +5,7 @@
                   generator=torch.Generator().manual_seed(0))
     ro.sequences        # (N, Pw + C) left-padded prompts then completions, N = P * G rows, prompt-major
     ro.completions      # N token lists, each cut after its first EOS (EOS kept)
+    logp = completion_logprobs(model, ro, rows, temperature)   # teacher-forced (n, C), for the policy loss
 
 How it works: the P distinct prompts are left-padded to one width and prefilled once into a preallocated KVCache
 (model.py); the cache rows are then copied G times (repeat_interleave), so the G samples of a prompt share that one
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.logprobs import token_logprobs
 from model import KVCache
 
 
@@ -175,3 +177,27 @@ def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, 
                        kv_cache=cache)[:, -1]  # (N, V)
 
     return prompt_tok, prompt_mask, tokens[:, :C], logprobs[:, :C], alive[:, :C]
+
+
+def completion_logprobs(model, ro: Rollout, rows: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False):
+    """Teacher-forced log-probs (n, C) of the sampled completion tokens of `rows` of a rollout (and their entropies
+    (n, C) with_entropy), under softmax(logits / temperature): what training differentiates. Position Pw-1+j predicts
+    completion token j. The log-probs are computed inside the model's forward by `head`, from the hidden states and
+    the LM-head weight in chunks (kernels/logprobs.py), so the (n, T, V) logits never exist and FSDP's all-gathered
+    head weight is in scope. bf16 autocast on a GPU (the fp32 master weights stay as they are)."""
+    seq, attn, Pw = ro.sequences[rows], ro.attn_mask[rows], ro.prompt_width  # (n, Pw + C)
+
+    def head(hidden, weight):  # hidden (n, Pw + C - 1, hidden size), weight (V, hidden size)
+        return token_logprobs(hidden[:, Pw - 1:], weight, seq[:, Pw:], temperature=temperature,
+                              return_entropy=with_entropy)
+
+    with torch.autocast(seq.device.type, dtype=torch.bfloat16, enabled=seq.device.type == "cuda"):
+        return model(seq[:, :-1], attn_mask=attn[:, :-1], head=head)
+
+
+@torch.no_grad()
+def rollout_logprobs(model, ro: Rollout, micro_batch: int, temperature: float = 1.0) -> torch.Tensor:
+    """No-grad teacher-forced log-probs (N, C) of every row of a rollout, `micro_batch` rows per forward."""
+    N = ro.sequences.size(0)
+    return torch.cat([completion_logprobs(model, ro, torch.arange(i, min(i + micro_batch, N)), temperature)
+                      for i in range(0, N, micro_batch)])

@@ -8,13 +8,17 @@ A method turns per-objective rewards (N, K) into one learning signal at one of t
                    mgda, gradnorm, nash_mtl, famo, pcgrad, cagrad, raco
 Gradient-level methods see only the Gram matrix gram_ij = g_i . g_j of the per-objective LOSS gradients, so one
 all-reduce of partial Grams makes them exact under DDP/FSDP (the official code solves per shard). Their solvers are
-exact pure functions: faces-of-the-simplex enumeration (MGDA, CAGrad/RACO dual), damped Newton (Nash-MTL).
-Every method also has update(cov, objective_means, losses_after=None) after each policy update, metrics() keyed
-"<kind>/<objective name>" (assign method.names), JSON-ready state_dict()/load_state_dict(), and keyword
-hyperparameters with the papers' defaults (hyperparameters(cls) gives train.py a help line each). NaN/inf rewards or
-advantages raise ValueError (a reward bug); a NaN/inf Gram (methods: zero coefficients) or post-step statistic skips
-the state update with a counted warning; the pure solvers raise. The paper's intent is the default where the
-official code departs from it.
+exact pure functions of it, each beside its method: faces-of-the-simplex enumeration (MGDA, CAGrad/RACO dual),
+damped Newton (Nash-MTL).
+
+Every method declares what the training loop must give it (the attributes of `Method`), takes update(statistic,
+objective_means) after each policy update, logs metrics() keyed "<kind>/<objective name>" (assign method.names),
+saves JSON-ready state_dict()/load_state_dict(), and has keyword hyperparameters with the papers' defaults
+(hyperparameters(cls) gives train.py one --<method>-<name> flag each). Logged kinds: weight/ = a method's weight on an
+objective's reward or advantage, coef/ = the gradient-level coefficients c, multiplier/ = Lagrange multipliers.
+NaN/inf rewards or advantages raise ValueError (a reward bug); a NaN/inf Gram (methods: zero coefficients) or
+post-step statistic skips the state update with a counted warning; the pure solvers raise. The paper's intent is the
+default where the official code departs from it.
 
 References: Lu & Jiang 2026, arXiv 2602.06869 (CTWA; its code yining610/ctwa adapted most baselines to RL).
 Run:  python scalarize.py  (gradient-level methods side by side);  python -m pytest -q tests/test_scalarize.py
@@ -29,7 +33,7 @@ import torch
 F64 = torch.float64
 
 
-def _vector(values, K, what, flag, nonneg=False):
+def vector(values, K, what, flag, nonneg=False, finite=True):
     """A scalar, length-1 or length-K sequence -> (K,) float64; errors name the flag that fixes them."""
     if values is None:
         raise ValueError(f"{what} are required ({flag})")
@@ -37,8 +41,9 @@ def _vector(values, K, what, flag, nonneg=False):
     v = v.expand(K).clone() if v.numel() == 1 else v
     if v.numel() != K:
         raise ValueError(f"{what} has {v.numel()} entries, expected {K}; pass {K} values ({flag})")
-    if not torch.isfinite(v).all() or (nonneg and (v < 0).any()):
-        raise ValueError(f"{what} must be finite{' and >= 0' if nonneg else ''}, got {v.tolist()} ({flag})")
+    if (v.isnan() if not finite else ~v.isfinite()).any() or (nonneg and (v < 0).any()):
+        raise ValueError(f"{what} must be {'finite' if finite else 'a number'}{' and >= 0' if nonneg else ''}, "
+                         f"got {v.tolist()} ({flag})")
     return v
 
 
@@ -62,22 +67,34 @@ def _gram(gram, K=None, finite=True):
     return (g + g.T) / 2  # all-reduced partial Grams can be asymmetric by rounding
 
 
+def _means(x, K, what):
+    """(K,) float64 CPU vector of per-objective values, or None when it is unusable (wrong size, NaN/inf)."""
+    v = torch.as_tensor(x, dtype=F64).to("cpu").flatten()
+    return v if v.numel() == K and torch.isfinite(v).all() else None
+
+
 def _choice(value, options, flag):
     if value not in options:
         raise ValueError(f"{flag} must be one of {options}, got {value!r}")
     return value
 
 
-PREFERENCE_HELP = {"weights": "preference weights lam, K floats (default uniform)",
-                   "ideal_point": "fixed ideal reward vector z, K floats (default: running max of the batch maxima)"}
+PREFERENCE_HELP = {"weights": "preference weights, K floats (default uniform)",
+                   "ideal_point": "fixed ideal point z, K floats (default: running max of the batch maxima)"}
 
 
 class Method:
-    """Plumbing shared by every method: objective names for logging, a skipped-update counter, JSON state."""
-    name, level = "", "reward"
-    needs_gram = False  # reward level, but observe_gram(gram, lr) must be called before scalarize (dynamic)
-    needs_losses_after = False  # update() needs per-objective losses re-evaluated after the step (famo)
-    ratio_to_reference = False  # the policy loss uses pi/pi_ref instead of pi/pi_old, no KL term (pama)
+    """What every method shares, and what it declares so that train.py asks instead of testing names."""
+    name = ""
+    level = "reward"  # reward: scalarize(); advantage: combine(); gradient: coefficients()
+    clipped = True  # trained with PPO's clip; False = plain REINFORCE with the ratio (the paper's linear/dynamic/ctwa)
+    kl_loss = True  # the paper's math500 run had the KL penalty (MGDA, GradNorm, Lagrangian, ... ran without it)
+    needs_gram = False  # observe_gram(gram, lr) with the Gram of per-objective gradients before scalarize (dynamic)
+    target_layers = None  # layer indices whose parameters form that Gram (None: every parameter)
+    needs_losses_after = False  # after_step(losses) with the same mini-batch's losses after each optimizer step (famo)
+    needs_statistic = None  # "cov" | "corr": the post-update statistic update() needs every step (ctwa)
+    w_agg = "mean"  # how that statistic's completion weight averages its tokens
+    ratio_to_reference = False  # the loss ratio is pi / pi_ref and there is no KL term (pama's Noon loss)
     HELP: dict = {}
     LOGGED: dict = {"coef": "coef"}  # metric kind -> attribute holding a (K,) vector or a scalar
     _state: tuple = ()  # attributes saved by state_dict besides "skipped"
@@ -89,8 +106,8 @@ class Method:
         self.names = [str(k) for k in range(self.K)]
         self.skipped, self.coef = 0, None  # coef: the gradient-level methods' last coefficients
 
-    def update(self, cov, objective_means, losses_after=None):
-        """After every policy update; the default method keeps no post-step state."""
+    def update(self, statistic, objective_means):
+        """After every policy update (statistic: the needs_statistic vector, else None); default: no state."""
 
     def coefficients(self, gram, losses=None):
         """Gradient level: c (K,) for d = sum_k c_k g_k; stateless methods only define _solve(gram)."""
@@ -115,11 +132,11 @@ class Method:
         return f"--{self.name}-{hp}".replace("_", "-")
 
     def _preferences(self, weights, ideal_point):
-        """Preference weights lam (K,) and the ideal point z (fixed, or None until the first batch's maxima)."""
-        w = 1 / self.K if weights is None else weights
-        self.lam = _vector(w, self.K, "weights", self._flag("weights"), nonneg=True)
+        """Preference weights (K,) and the ideal point z (fixed, or None until the first batch's maxima)."""
+        self.preference = vector(1 / self.K if weights is None else weights, self.K, "weights", self._flag("weights"),
+                                 nonneg=True)
         self.fixed = ideal_point is not None
-        self.z = _vector(ideal_point, self.K, "ideal_point", self._flag("ideal_point")) if self.fixed else None
+        self.z = vector(ideal_point, self.K, "ideal_point", self._flag("ideal_point")) if self.fixed else None
 
     def _ideal(self, r):
         """z (K,): fixed, or the running max of the batch maxima (CTWA's ref_mode=running_max), updated here."""
@@ -154,9 +171,9 @@ class Method:
 
 class Linear(Method):
     """s = sum_k w_k r_k with fixed weights (weighted sum; the CTWA paper's linear baseline)."""
-    name = "linear"
+    name, clipped = "linear", False
     HELP = {"weights": "fixed weights, K floats (default uniform 1/K)"}
-    LOGGED = {"weight": "lam"}
+    LOGGED = {"weight": "preference"}
 
     def __init__(self, num_objectives, weights=None):
         super().__init__(num_objectives)
@@ -164,17 +181,16 @@ class Linear(Method):
 
     def scalarize(self, rewards):
         r = _matrix(rewards, self.K, "rewards")
-        return r @ self.lam.to(r)  # (N,)
+        return r @ self.preference.to(r)  # (N,)
 
 
 class Tchebycheff(Method):
-    """s = -max_k lam_k (z_k - r_k) per completion, z the ideal point (Bowman 1976; weighted Tchebycheff).
-    mode "objective": the theory's TCH of expected rewards, i.e. s = r_k* with k* = argmax_k lam_k (z_k - mean r_k).
+    """s = -max_k w_k (z_k - r_k) per completion, z the ideal point (Bowman 1976; weighted Tchebycheff).
+    mode "objective": the theory's TCH of expected rewards, i.e. s = r_k* with k* = argmax_k w_k (z_k - mean r_k).
     State: z, the running max of batch maxima unless ideal_point is fixed (updated by scalarize)."""
     name = "tchebycheff"
-    HELP = {**PREFERENCE_HELP,
-            "mode": "sample: the map per completion (CTWA's baseline) | objective: one-hot on the worst weighted gap"}
-    LOGGED = {"weight": "lam", "ideal": "z"}
+    HELP = {**PREFERENCE_HELP, "mode": "sample (per completion, CTWA's baseline) | objective"}
+    LOGGED = {"weight": "preference", "ideal": "z"}
     _state = ("z",)
 
     def __init__(self, num_objectives, weights=None, ideal_point=None, mode="sample"):
@@ -185,23 +201,23 @@ class Tchebycheff(Method):
 
     def scalarize(self, rewards):
         r = _matrix(rewards, self.K, "rewards")
-        lam, z = self.lam.to(r), self._ideal(r).to(r)
+        w, z = self.preference.to(r), self._ideal(r).to(r)
         if self.mode == "objective":
-            self.active = int(torch.argmax(lam * (z - r.mean(0))))
+            self.active = int(torch.argmax(w * (z - r.mean(0))))
             return r[:, self.active].clone()
         # sequence level: CTWA's code applies this map at every token, which adds a per-token length penalty
-        gaps = lam * (z - r)  # (N, K)
+        gaps = w * (z - r)  # (N, K)
         self.active = gaps.argmax(1)  # (N,)
         return -gaps.amax(1)
 
 
-class SmoothTchebycheff(Method):
-    """STCH_mu = mu log sum_k exp(lam_k (z_k - R_k)/mu) of the batch means R (Lin et al. 2024, arXiv 2402.19078); its
-    gradient is a weighted sum with omega = lam * softmax(lam (z - R)/mu) (detached), so s = sum_k omega_k r_k.
-    mode "sample": s = -mu logsumexp_k(lam_k (z_k - r_k)/mu) per completion. State: ideal point z as Tchebycheff."""
-    name = "smooth_tchebycheff"
-    HELP = {**PREFERENCE_HELP, "mu": "smoothing temperature mu > 0 (0.01: Lin et al.'s value for objectives in [0, 1])",
-            "mode": "objective: STCH of the mean rewards (Lin et al.) | sample: STCH per completion"}
+class SmoothTchebycheffMu(Method):
+    """STCH_mu = mu log sum_k exp(w_k (z_k - R_k)/mu) of the batch means R (Lin et al. 2024, arXiv 2402.19078); its
+    gradient is a weighted sum with omega = w * softmax(w (z - R)/mu) (detached), so s = sum_k omega_k r_k.
+    mode "sample": s = -mu logsumexp_k(w_k (z_k - r_k)/mu) per completion. State: ideal point z as Tchebycheff."""
+    name = "smooth_tchebycheff_mu"
+    HELP = {**PREFERENCE_HELP, "mu": "smoothing temperature mu > 0 (Lin et al.: 0.01 for objectives in [0, 1])",
+            "mode": "objective (STCH of the mean rewards) | sample (per completion)"}
     LOGGED = {"weight": "omega", "ideal": "z", "stch": "value"}
     _state = ("z",)
 
@@ -217,21 +233,21 @@ class SmoothTchebycheff(Method):
         r = _matrix(rewards, self.K, "rewards")
         z = self._ideal(r)
         if self.mode == "sample":
-            return -self.mu * torch.logsumexp(self.lam.to(r) * (z.to(r) - r) / self.mu, dim=1)
-        gaps = self.lam * (z - r.mean(0).to("cpu", F64)) / self.mu  # (K,)
+            return -self.mu * torch.logsumexp(self.preference.to(r) * (z.to(r) - r) / self.mu, dim=1)
+        gaps = self.preference * (z - r.mean(0).to("cpu", F64)) / self.mu  # (K,)
         self.value = self.mu * float(torch.logsumexp(gaps, 0))
-        self.omega = self.lam * torch.softmax(gaps, 0)
+        self.omega = self.preference * torch.softmax(gaps, 0)
         return r @ self.omega.to(r)
 
 
-class SmoothTchebycheffOMD(Method):
-    """Online mirror descent on smooth-Tchebycheff weights (the CTWA paper's "smooth Tchebycheff", Li et al. 2026; cf.
-    OMD-TCH, arXiv 2410.21764): s = sum_k w_k r_k with w = softmax(u / tau), then u += eta lam (z - R) (Hedge on the
-    weighted deficits of the batch means R). State: u and the ideal point z, both updated by scalarize."""
-    name = "smooth_tchebycheff_omd"
-    HELP = {**PREFERENCE_HELP, "omd_lr": "OMD learning rate eta on the log-weights (CTWA script 0.3)",
+class SmoothTchebycheff(Method):
+    """The CTWA paper's smooth Tchebycheff baseline (App. F; Li et al. 2026, cf. OMD-TCH, arXiv 2410.21764): online
+    mirror descent on the weights, s = sum_k w_k r_k with w = softmax(u / tau), then u += eta p (z - R) (Hedge on the
+    preference-weighted deficits of the batch means R). State: u and the ideal point z, both updated by scalarize."""
+    name = "smooth_tchebycheff"
+    HELP = {**PREFERENCE_HELP, "omd_lr": "OMD learning rate eta on the log-weights (the paper's script: 0.3)",
             "temperature": "softmax temperature tau (only eta / tau matters)",
-            "init": "preference: u0 = log lam (CTWA script) | uniform: u0 = log(1/K)"}
+            "init": "preference (u0 = log p, the paper's script) | uniform (u0 = log 1/K)"}
     LOGGED = {"weight": "w", "ideal": "z"}
     _state = ("u", "z")
 
@@ -242,15 +258,16 @@ class SmoothTchebycheffOMD(Method):
         self._preferences(weights, ideal_point)
         self.omd_lr, self.temperature = float(omd_lr), float(temperature)
         init = _choice(init, ("preference", "uniform"), self._flag("init"))
-        self.u = (self.lam if init == "preference" else torch.full((self.K,), 1 / self.K, dtype=F64)).clamp(1e-8).log()
+        u0 = self.preference if init == "preference" else torch.full((self.K,), 1 / self.K, dtype=F64)
+        self.u = u0.clamp(1e-8).log()
         self.w = torch.softmax(self.u / self.temperature, 0)
 
     def scalarize(self, rewards):
         r = _matrix(rewards, self.K, "rewards")
         z = self._ideal(r)
         self.w = torch.softmax(self.u / self.temperature, 0)  # this batch uses the weights before its own deficits
-        # the CTWA port drops lam from the primal step (OMD-TCH scalarises with lam * w); equal for uniform lam
-        self.u = self.u + self.omd_lr * self.lam * (z - r.mean(0).to("cpu", F64))
+        # the CTWA port drops p from the primal step (OMD-TCH scalarises with p * w); equal for uniform p
+        self.u = self.u + self.omd_lr * self.preference * (z - r.mean(0).to("cpu", F64))
         return r @ self.w.to(r)
 
 
@@ -259,15 +276,16 @@ class SmoothTchebycheffOMD(Method):
 class Lagrangian(Method):
     """max R_0 s.t. R_k >= b_k: projected dual ascent lam_k <- clip(lam_k + eta (b_k - R_k), 0, lam_max) on the batch
     means, then the advantage A_0 + sum_k lam_k A_k with the fresh lam (Mahdavi et al. 2013 primal-dual, NeurIPS; at
-    advantage level as CTWA's code does, although its paper describes reward level). State: lam (K,), 0 at primary."""
+    advantage level as CTWA's code does, although its paper describes reward level). State: the multipliers lam (K,),
+    0 at the primary objective."""
     name, level = "lagrangian", "advantage"
     HELP = {"primary": "index of the objective to maximise (0 = accuracy)",
             "constraints": "targets b for the other K-1 objectives in order (default 0.9 each, the CTWA script)",
             "dual_lr": "dual ascent step eta on the multipliers",
             "max_multiplier": "upper bound of every multiplier (bounded dual domain)",
-            "normalize": "divide the combined advantage by 1 + sum lam so its scale stays fixed (Safe-RLHF style)"}
-    LOGGED = {"multiplier": "lam"}
-    _state = ("lam",)
+            "normalize": "divide the combined advantage by 1 + sum lam (Safe-RLHF style)"}
+    LOGGED = {"multiplier": "multipliers"}
+    _state = ("multipliers",)
 
     def __init__(self, num_objectives, primary=0, constraints=None, dual_lr=0.01, max_multiplier=10.0,
                  normalize=False):
@@ -277,17 +295,17 @@ class Lagrangian(Method):
         self.primary, self.constrained = primary, torch.arange(self.K) != primary  # (K,) bool
         self.targets = torch.zeros(self.K, dtype=F64)
         b = 0.9 if constraints is None else constraints
-        self.targets[self.constrained] = _vector(b, self.K - 1, "constraints", self._flag("constraints"))
+        self.targets[self.constrained] = vector(b, self.K - 1, "constraints", self._flag("constraints"))
         self.dual_lr, self.max_multiplier, self.normalize = float(dual_lr), float(max_multiplier), bool(normalize)
-        self.lam = torch.zeros(self.K, dtype=F64)  # lam[primary] stays 0
+        self.multipliers = torch.zeros(self.K, dtype=F64)  # multipliers[primary] stays 0
 
     def combine(self, advantages, rewards):
         A = _matrix(advantages, self.K, "advantages")
         means = _matrix(rewards, self.K, "rewards").mean(0).to("cpu", F64)
-        lam = (self.lam + self.dual_lr * (self.targets - means)).clamp(0, self.max_multiplier)
-        self.lam = lam * self.constrained
-        out = A[:, self.primary] + A @ self.lam.to(A)  # (N,)
-        return out / (1 + float(self.lam.sum())) if self.normalize else out
+        lam = (self.multipliers + self.dual_lr * (self.targets - means)).clamp(0, self.max_multiplier)
+        self.multipliers = lam * self.constrained
+        out = A[:, self.primary] + A @ self.multipliers.to(A)  # (N,)
+        return out / (1 + float(self.multipliers.sum())) if self.normalize else out
 
 
 def pama_value(a: torch.Tensor):
@@ -308,9 +326,8 @@ class PAMA(Method):
     """Noon-PPO advantages [A_k]_+, a_k = mean_n weight_n [A_nk]_+, c* from Theorem 1 on a, combined advantage
     sum_k c*_k [A_nk]_+ (He & Maghsudi 2025, arXiv 2508.07768; the paper reading). variant "ctwa": every completion
     gets the scalar s* (CTWA's port). Both use the Noon loss: ratio to the reference policy, no KL term."""
-    name, level = "pama", "advantage"
-    ratio_to_reference = True
-    HELP = {"variant": "paper: per-completion sum_k c*_k [A_k]_+ | ctwa: the scalar s* for every completion"}
+    name, level, ratio_to_reference = "pama", "advantage", True
+    HELP = {"variant": "paper (per completion sum_k c*_k [A_k]_+) | ctwa (the scalar s* for every completion)"}
     LOGGED = {"weight": "c", "a": "a", "s_star": "s"}
 
     def __init__(self, num_objectives, variant="paper"):
@@ -336,16 +353,16 @@ class Dynamic(Method):
     """Gradient-based dynamic reward weighting (Lu et al. 2025, arXiv 2509.11452): influence I_k = sum_j g_k . g_j
     (Gram row sums), w <- softmax(log w + mean(eta_t I_t) / mu) over each block of accumulation_steps steps (eta_t the
     policy learning rate), then s = sum_k w_k r_k with the new w. State: w and the accumulator."""
-    name, needs_gram = "dynamic", True
+    name, clipped, needs_gram = "dynamic", False, True
     HELP = {"weights": "initial weights, K floats (default uniform)",
-            "mu": "regularization factor mu: the exponent is lr * influence / mu",
+            "mu": "regularization mu: the exponent is lr * influence / mu",
             "accumulation_steps": "steps of influence averaged per weight update"}
     LOGGED = {"weight": "weights"}
     _state = ("weights", "acc", "count")
 
     def __init__(self, num_objectives, weights=None, mu=1e-5, accumulation_steps=1):
         super().__init__(num_objectives)
-        w = _vector(1 / self.K if weights is None else weights, self.K, "weights", self._flag("weights"), nonneg=True)
+        w = vector(1 / self.K if weights is None else weights, self.K, "weights", self._flag("weights"), nonneg=True)
         if not w.sum() > 0 or not mu > 0 or accumulation_steps < 1:
             raise ValueError("dynamic needs weights with a positive sum, mu > 0 and accumulation_steps >= 1")
         self.weights, self.mu, self.steps = w / w.sum(), float(mu), int(accumulation_steps)
@@ -368,10 +385,12 @@ class Dynamic(Method):
         return r @ self.weights.to(r)
 
 
-# ------------------------------------------------------------------------------------------ gradient-level solvers
+# ------------------------------------------------------------------------------------------ gradient level
+# Shared by the exact solvers: the Gram is normalised first (every solver is scale-free), then the optimum over the
+# simplex is found among the KKT points of its faces.
 
 def _normalized(gram):
-    """Gram scaled to unit mean diagonal (every solver below is scale-free) and the scale (0: all gradients zero)."""
+    """Gram scaled to unit mean diagonal and the scale (0: all gradients zero)."""
     scale = float(gram.diagonal().mean())
     return (gram / scale if scale > 0 else gram), scale
 
@@ -419,6 +438,69 @@ def mgda_coeffs(gram: torch.Tensor) -> torch.Tensor:
     return _argmin_simplex((w0 for w0, _ in _faces(H, torch.zeros(H.shape[0], dtype=F64))), lambda w: float(w @ H @ w))
 
 
+class MGDA(Method):
+    """Multiple-gradient descent: the min-norm convex combination of the gradients (mgda_coeffs). Stateless."""
+    name, level = "mgda", "gradient"
+
+    def _solve(self, gram):
+        return mgda_coeffs(gram)
+
+
+class GradNorm(Method):
+    """Balance the weighted gradient norms w_k|g_k| toward mean_j(w_j|g_j|) r_k^alpha, r_k the relative inverse
+    training rate (Chen et al. 2018, arXiv 1711.02257): w <- w - lr sign(w_k|g_k| - target_k)|g_k|, then sum w = K,
+    updated before use; the coefficients are the weights. State: w, the starting and latest progress measures."""
+    name, level = "gradnorm", "gradient"
+    HELP = {"alpha": "restoring-force exponent alpha", "lr": "SGD step on the weights",
+            "progress": "reward (training rate from reward deficits 1 - mean r_k, one step behind) | loss (the "
+                        "paper's L_k/L_k(0), skipped while a ratio is not > 0)"}
+    _state = ("weights", "start", "current")
+
+    def __init__(self, num_objectives, alpha=1.5, lr=0.025, progress="reward"):
+        super().__init__(num_objectives)
+        self.alpha, self.lr = float(alpha), float(lr)
+        # RL surrogate losses are ~0 and sign-indefinite (whitened advantages): L/L(0) carries no signal and a
+        # negative ratio^alpha is NaN (CTWA's code then has NaN weights forever); reward deficits are always > 0
+        self.progress = _choice(progress, ("reward", "loss"), self._flag("progress"))
+        self.weights = torch.ones(self.K, dtype=F64)
+        self.start, self.current = None, None
+
+    def coefficients(self, gram, losses=None):
+        gram = self._usable(gram)
+        if gram is None:
+            self.coef = torch.zeros(self.K, dtype=F64)
+            return self.coef
+        if self.progress == "loss":
+            self.current = vector(losses, self.K, "losses", "per-objective surrogate losses")
+            self.start = self.current.clone() if self.start is None else self.start
+        self.coef = self._step(gram) if self.start is not None else self.weights.clone()  # none measured yet: equal
+        return self.coef
+
+    def _step(self, gram):
+        ratio = self.current / self.start
+        if not (torch.isfinite(ratio).all() and (ratio > 0).all()):
+            self._skip(f"training-rate ratios {ratio.tolist()} are not all positive")
+            return self.weights.clone()
+        norms = gram.diagonal().clamp(min=0).sqrt()
+        G = self.weights * norms
+        target = G.mean() * (ratio / ratio.mean()) ** self.alpha  # treated as a constant, as in the paper
+        w = (self.weights - self.lr * torch.sign(G - target) * norms).clamp(min=0)
+        if w.sum() > 0:
+            self.weights = w * self.K / w.sum()
+        else:
+            self._skip("every weight stepped below zero (lower --gradnorm-lr)")
+        return self.weights.clone()
+
+    def update(self, statistic, objective_means):
+        if self.progress == "loss":
+            return
+        means = _means(objective_means, self.K, "objective means")
+        if means is None:
+            return self._skip(f"objective means {objective_means} are not {self.K} finite values")
+        self.current = (1 - means).clamp(min=1e-6)  # rewards lie in [0, 1]: 1 - mean is the remaining deficit
+        self.start = self.current.clone() if self.start is None else self.start
+
+
 def _newton(A, a, iters):
     """Damped Newton on 1/2 a^T A a - sum log a (self-concordant: the step 1/(1 + decrement) keeps a > 0 and
     converges from any start); returns (a, converged)."""
@@ -450,6 +532,77 @@ def nash_mtl_coeffs(gram: torch.Tensor, max_norm: float = 0.0, eps: float = 1e-8
     return alpha * (max_norm / norm) if 0 < max_norm < norm else alpha
 
 
+class NashMTL(Method):
+    """Nash bargaining over the objectives' improvements (nash_mtl_coeffs). Stateless (the solve is exact)."""
+    name, level = "nash_mtl", "gradient"
+    HELP = {"max_norm": "rescale alpha so |d| <= max_norm (reference 1.0; 0 = no rescale)"}
+
+    def __init__(self, num_objectives, max_norm=1.0):
+        super().__init__(num_objectives)
+        self.max_norm = float(max_norm)
+
+    def _solve(self, gram):
+        return nash_mtl_coeffs(gram, self.max_norm)
+
+
+class FAMO(Method):
+    """Fast adaptive multitask optimisation (Liu et al. 2023, arXiv 2306.03792): coefficients z_k / (c D_k), z =
+    softmax(xi), D_k = L_k - L*_k, c = sum z_k / D_k (the gradient of sum z_k log D_k / c); after each optimizer step
+    xi takes an Adam step on z (delta - z.delta), delta_k = log D_k - log D'_k, the log-loss drop on the same
+    mini-batch (as the official code: one logit update per mini-batch)."""
+    name, level, needs_losses_after = "famo", "gradient", True
+    HELP = {"lr": "Adam learning rate on the weight logits xi", "weight_decay": "Adam L2 weight decay on xi",
+            "margin": "lower bound L* = loss - margin whenever a loss reaches its bound (signed RL losses)",
+            "lower_bounds": "initial lower bounds L*, K floats (default: first losses - margin; paper 0)"}
+    LOGGED = {"coef": "coef", "weight": "weights"}
+    _state = ("xi", "m", "v", "t", "bounds", "before")
+
+    def __init__(self, num_objectives, lr=0.025, weight_decay=1e-3, margin=1.0, lower_bounds=None):
+        super().__init__(num_objectives)
+        if not margin > 0:
+            raise ValueError(f"{self._flag('margin')} must be > 0, got {margin}")
+        self.lr, self.weight_decay, self.margin, self.eps = float(lr), float(weight_decay), float(margin), 1e-8
+        self.bounds = None if lower_bounds is None else \
+            vector(lower_bounds, self.K, "lower_bounds", self._flag("lower_bounds"))
+        self.xi, self.m, self.v = (torch.zeros(self.K, dtype=F64) for _ in range(3))
+        self.t, self.before = 0, None
+
+    def _rebound(self, L):
+        """Signed RL surrogate losses can reach L*: move those bounds to L - margin (CTWA port) so logs stay finite."""
+        self.bounds = L - self.margin if self.bounds is None else \
+            torch.where(L - self.bounds > 0, self.bounds, L - self.margin)
+
+    def coefficients(self, gram, losses=None):
+        if self._usable(gram) is None:
+            self.before, self.coef = None, torch.zeros(self.K, dtype=F64)  # so the coming after_step() skips too
+            return self.coef
+        L = vector(losses, self.K, "losses", "per-objective surrogate losses")
+        self._rebound(L)
+        D = L - self.bounds + self.eps
+        z = torch.softmax(self.xi, 0)
+        self.before, self.coef = L, z / ((z / D).sum() * D)
+        return self.coef
+
+    def after_step(self, losses_after):
+        """The logit update, with the per-objective losses of the mini-batch of the last coefficients() call
+        re-evaluated after the optimizer step."""
+        after = _means(losses_after, self.K, "losses_after")
+        if self.before is None or after is None:
+            return self._skip(f"losses_after {losses_after} unusable (or no coefficients() call before)")
+        self._rebound(torch.minimum(self.before, after))
+        delta = (self.before - self.bounds + self.eps).log() - (after - self.bounds + self.eps).log()
+        z = torch.softmax(self.xi, 0)
+        grad = z * (delta - z @ delta) + self.weight_decay * self.xi  # softmax Jacobian^T delta; torch Adam's L2 decay
+        self.t += 1
+        self.m, self.v = 0.9 * self.m + 0.1 * grad, 0.999 * self.v + 0.001 * grad * grad
+        m_hat, v_hat = self.m / (1 - 0.9 ** self.t), self.v / (1 - 0.999 ** self.t)
+        self.xi = self.xi - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+    @property
+    def weights(self):
+        return torch.softmax(self.xi, 0)
+
+
 def pcgrad_coeffs(gram: torch.Tensor, order) -> torch.Tensor:
     """Projecting conflicting gradients (Yu et al. 2020, arXiv 2001.06782): each g_i visits the other g_j in `order`
     and drops its component along g_j when g_i^PC . g_j < 0 (running g_i^PC, original g_j); d = sum_i g_i^PC.
@@ -468,6 +621,23 @@ def pcgrad_coeffs(gram: torch.Tensor, order) -> torch.Tensor:
             if dot < 0:
                 C[i, j] -= dot / gram[j, j]
     return C.sum(0)
+
+
+class PCGrad(Method):
+    """Gradient surgery with a fresh random visiting order every step (pcgrad_coeffs). State: the step counter,
+    which with the seed fixes the order, so a resumed run draws the same orders."""
+    name, level = "pcgrad", "gradient"
+    HELP = {"seed": "seed of the per-step random visiting order"}
+    _state = ("step",)
+
+    def __init__(self, num_objectives, seed=0):
+        super().__init__(num_objectives)
+        self.seed, self.step = int(seed), 0
+
+    def _solve(self, gram):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        self.step += 1
+        return pcgrad_coeffs(gram, torch.randperm(self.K, generator=gen).tolist())
 
 
 def _cagrad_dual(H, p, c):
@@ -508,166 +678,6 @@ def cagrad_coeffs(gram: torch.Tensor, c: float = 0.4) -> torch.Tensor:
     return _conflict_averse(gram, torch.full((gram.shape[0],), 1 / gram.shape[0], dtype=F64), c, clip=False)
 
 
-def raco_coeffs(gram: torch.Tensor, weights, c: float = 0.4) -> torch.Tensor:
-    """Clipped CAGrad (RACO, Chen et al. 2026, arXiv 2602.02495): p* = CAGrad's dual with the weighted anchor
-    g_0 = sum w_k g_k, p~ = min(p*, w) NOT renormalised, a = w + c|g_0| p~/|G~| with G~ = sum p~_k g_k (a = w if 0)."""
-    gram = _gram(gram)
-    w = _vector(weights, gram.shape[0], "weights", "--raco-weights", nonneg=True)
-    if not w.sum() > 0:
-        raise ValueError(f"RACO weights must have a positive sum, got {w.tolist()} (--raco-weights)")
-    return _conflict_averse(gram, w / w.sum(), c, clip=True)
-
-
-# ------------------------------------------------------------------------------------------ gradient level
-
-class MGDA(Method):
-    """Multiple-gradient descent: the min-norm convex combination of the gradients (mgda_coeffs). Stateless."""
-    name, level = "mgda", "gradient"
-
-    def _solve(self, gram):
-        return mgda_coeffs(gram)
-
-
-class GradNorm(Method):
-    """Balance the weighted gradient norms w_k|g_k| toward mean_j(w_j|g_j|) r_k^alpha, r_k the relative inverse
-    training rate (Chen et al. 2018, arXiv 1711.02257): w <- w - lr sign(w_k|g_k| - target_k)|g_k|, then sum w = K,
-    updated before use. State: w, the starting and latest progress measures."""
-    name, level = "gradnorm", "gradient"
-    HELP = {"alpha": "restoring-force exponent alpha", "lr": "SGD step on the weights",
-            "progress": "reward: training rate from reward deficits 1 - mean r_k (reported by update(), one step "
-                        "behind) | loss: the paper's L_k/L_k(0) from `losses` (skipped while a ratio is not > 0)"}
-    LOGGED = {"coef": "weights"}
-    _state = ("weights", "start", "current")
-
-    def __init__(self, num_objectives, alpha=1.5, lr=0.025, progress="reward"):
-        super().__init__(num_objectives)
-        self.alpha, self.lr = float(alpha), float(lr)
-        # RL surrogate losses are ~0 and sign-indefinite (whitened advantages): L/L(0) carries no signal and a
-        # negative ratio^alpha is NaN (CTWA's code then has NaN weights forever); reward deficits are always > 0
-        self.progress = _choice(progress, ("reward", "loss"), self._flag("progress"))
-        self.weights = torch.ones(self.K, dtype=F64)
-        self.start, self.current = None, None
-
-    def coefficients(self, gram, losses=None):
-        gram = self._usable(gram)
-        if gram is None:
-            return torch.zeros(self.K, dtype=F64)
-        if self.progress == "loss":
-            self.current = _vector(losses, self.K, "losses", "per-objective surrogate losses")
-            self.start = self.current.clone() if self.start is None else self.start
-        if self.start is None:  # no progress measured yet: equal weights
-            return self.weights.clone()
-        ratio = self.current / self.start
-        if not (torch.isfinite(ratio).all() and (ratio > 0).all()):
-            self._skip(f"training-rate ratios {ratio.tolist()} are not all positive")
-            return self.weights.clone()
-        norms = gram.diagonal().clamp(min=0).sqrt()
-        G = self.weights * norms
-        target = G.mean() * (ratio / ratio.mean()) ** self.alpha  # treated as a constant, as in the paper
-        w = (self.weights - self.lr * torch.sign(G - target) * norms).clamp(min=0)
-        if w.sum() > 0:
-            self.weights = w * self.K / w.sum()
-        else:
-            self._skip("every weight stepped below zero (lower --gradnorm-lr)")
-        return self.weights.clone()
-
-    def update(self, cov, objective_means, losses_after=None):
-        if self.progress == "loss":
-            return
-        means = torch.as_tensor(objective_means, dtype=F64).to("cpu").flatten()
-        if means.numel() != self.K or not torch.isfinite(means).all():
-            return self._skip(f"objective means {means.tolist()} are not {self.K} finite values")
-        self.current = (1 - means).clamp(min=1e-6)  # rewards lie in [0, 1]: 1 - mean is the remaining deficit
-        self.start = self.current.clone() if self.start is None else self.start
-
-
-class NashMTL(Method):
-    """Nash bargaining over the objectives' improvements (nash_mtl_coeffs). Stateless (the solve is exact)."""
-    name, level = "nash_mtl", "gradient"
-    HELP = {"max_norm": "rescale alpha so |d| <= max_norm (reference 1.0; 0 = no rescale)"}
-
-    def __init__(self, num_objectives, max_norm=1.0):
-        super().__init__(num_objectives)
-        self.max_norm = float(max_norm)
-
-    def _solve(self, gram):
-        return nash_mtl_coeffs(gram, self.max_norm)
-
-
-class FAMO(Method):
-    """Fast adaptive multitask optimisation (Liu et al. 2023, arXiv 2306.03792): coefficients z_k / (c D_k), z =
-    softmax(xi), D_k = L_k - L*_k, c = sum z_k / D_k (the gradient of sum z_k log D_k / c); after the step xi takes an
-    Adam step on z (delta - z.delta), delta_k = log D_k - log D'_k, the log-loss drop on the same batch."""
-    name, level, needs_losses_after = "famo", "gradient", True
-    HELP = {"lr": "Adam learning rate on the weight logits xi", "weight_decay": "Adam L2 weight decay on xi",
-            "margin": "lower bound L* = loss - margin whenever a loss reaches its bound (signed RL losses)",
-            "lower_bounds": "initial lower bounds L*, K floats (default: first losses - margin; paper 0)"}
-    LOGGED = {"weight": "weights"}
-    _state = ("xi", "m", "v", "t", "bounds", "before")
-
-    def __init__(self, num_objectives, lr=0.025, weight_decay=1e-3, margin=1.0, lower_bounds=None):
-        super().__init__(num_objectives)
-        if not margin > 0:
-            raise ValueError(f"{self._flag('margin')} must be > 0, got {margin}")
-        self.lr, self.weight_decay, self.margin, self.eps = float(lr), float(weight_decay), float(margin), 1e-8
-        self.bounds = None if lower_bounds is None else \
-            _vector(lower_bounds, self.K, "lower_bounds", self._flag("lower_bounds"))
-        self.xi, self.m, self.v = (torch.zeros(self.K, dtype=F64) for _ in range(3))
-        self.t, self.before = 0, None
-
-    def _rebound(self, L):
-        """Signed RL surrogate losses can reach L*: move those bounds to L - margin (CTWA port) so logs stay finite."""
-        self.bounds = L - self.margin if self.bounds is None else \
-            torch.where(L - self.bounds > 0, self.bounds, L - self.margin)
-
-    def coefficients(self, gram, losses=None):
-        if self._usable(gram) is None:
-            self.before = None  # so the coming update() is skipped too
-            return torch.zeros(self.K, dtype=F64)
-        L = _vector(losses, self.K, "losses", "per-objective surrogate losses")
-        self._rebound(L)
-        D = L - self.bounds + self.eps
-        z = torch.softmax(self.xi, 0)
-        self.before = L
-        return z / ((z / D).sum() * D)
-
-    def update(self, cov, objective_means, losses_after=None):
-        if losses_after is None:
-            raise ValueError("famo needs losses_after: the per-objective losses re-evaluated after the step")
-        after = torch.as_tensor(losses_after, dtype=F64).to("cpu").flatten()
-        if self.before is None or after.numel() != self.K or not torch.isfinite(after).all():
-            return self._skip(f"losses_after {after.tolist()} unusable (or no coefficients() call before)")
-        self._rebound(torch.minimum(self.before, after))
-        delta = (self.before - self.bounds + self.eps).log() - (after - self.bounds + self.eps).log()
-        z = torch.softmax(self.xi, 0)
-        grad = z * (delta - z @ delta) + self.weight_decay * self.xi  # softmax Jacobian^T delta; torch Adam's L2 decay
-        self.t += 1
-        self.m, self.v = 0.9 * self.m + 0.1 * grad, 0.999 * self.v + 0.001 * grad * grad
-        m_hat, v_hat = self.m / (1 - 0.9 ** self.t), self.v / (1 - 0.999 ** self.t)
-        self.xi = self.xi - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
-
-    @property
-    def weights(self):
-        return torch.softmax(self.xi, 0)
-
-
-class PCGrad(Method):
-    """Gradient surgery with a fresh random visiting order every step (pcgrad_coeffs). State: the step counter,
-    which with the seed fixes the order, so a resumed run draws the same orders."""
-    name, level = "pcgrad", "gradient"
-    HELP = {"seed": "seed of the per-step random visiting order"}
-    _state = ("step",)
-
-    def __init__(self, num_objectives, seed=0):
-        super().__init__(num_objectives)
-        self.seed, self.step = int(seed), 0
-
-    def _solve(self, gram):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
-        self.step += 1
-        return pcgrad_coeffs(gram, torch.randperm(self.K, generator=gen).tolist())
-
-
 class CAGrad(Method):
     """Conflict-averse gradient descent (cagrad_coeffs) with the official output rescaling. Stateless."""
     name, level = "cagrad", "gradient"
@@ -683,10 +693,20 @@ class CAGrad(Method):
         return cagrad_coeffs(gram, self.c) / self.divisor
 
 
+def raco_coeffs(gram: torch.Tensor, weights, c: float = 0.4) -> torch.Tensor:
+    """Clipped CAGrad (RACO, Chen et al. 2026, arXiv 2602.02495): p* = CAGrad's dual with the weighted anchor
+    g_0 = sum w_k g_k, p~ = min(p*, w) NOT renormalised, a = w + c|g_0| p~/|G~| with G~ = sum p~_k g_k (a = w if 0)."""
+    gram = _gram(gram)
+    w = vector(weights, gram.shape[0], "weights", "--raco-weights", nonneg=True)
+    if not w.sum() > 0:
+        raise ValueError(f"RACO weights must have a positive sum, got {w.tolist()} (--raco-weights)")
+    return _conflict_averse(gram, w / w.sum(), c, clip=True)
+
+
 class RACO(Method):
     """RACO's clipped CAGrad with user preference weights (raco_coeffs). Stateless."""
     name, level = "raco", "gradient"
-    HELP = {"weights": "preference weights w, K floats (default uniform; RACO's 2-objective runs use 0.8 0.2)",
+    HELP = {"weights": "preference weights, K floats (default uniform; RACO's 2-objective runs use 0.8 0.2)",
             "c": "conflict-aversion radius c in [0, 1)"}
 
     def __init__(self, num_objectives, weights=None, c=0.4):
@@ -695,10 +715,10 @@ class RACO(Method):
         self.c = float(c)
 
     def _solve(self, gram):
-        return raco_coeffs(gram, self.lam, self.c)
+        return raco_coeffs(gram, self.preference, self.c)
 
 
-METHODS = {m.name: m for m in (Linear, Tchebycheff, SmoothTchebycheff, SmoothTchebycheffOMD, Lagrangian, PAMA,
+METHODS = {m.name: m for m in (Linear, Tchebycheff, SmoothTchebycheff, SmoothTchebycheffMu, Lagrangian, PAMA,
                                Dynamic, MGDA, GradNorm, NashMTL, FAMO, PCGrad, CAGrad, RACO)}
 
 

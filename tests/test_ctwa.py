@@ -45,10 +45,8 @@ def test_statistic_matches_spec(eps, w_agg):
     stats = ctwa.covariance_statistic(U, w, group_size=4)
     assert frac == pytest.approx(unclip, abs=1e-6) and stats["n_groups"] == 2
     assert stats["w_mean"] == pytest.approx(w_mean, abs=2e-6) and stats["w_std"] == pytest.approx(w_std, abs=2e-6)
-    close(stats["cov_mean"], cov)
-    close(stats["corr_mean"], corr)
-    assert torch.equal(stats["signal"], stats["cov_mean"])
-    assert torch.equal(ctwa.covariance_statistic(U, w, 4, use_corr=True)["signal"], stats["corr_mean"])
+    close(stats["cov"], cov)
+    close(stats["corr"], corr)
 
 
 def test_completion_weight_agrees_with_the_loss_kernel():
@@ -72,11 +70,11 @@ def test_outliers_nonfinite_and_small_groups_are_dropped():
     w_bad[8:] = torch.tensor([1e6, float("nan"), float("inf"), 0.7])  # third group keeps one member only
     stats = ctwa.covariance_statistic(r, w_bad, 4)
     assert stats["n_groups"] == 2
-    close(stats["cov_mean"], base["cov_mean"].tolist(), 1e-6)
+    close(stats["cov"], base["cov"].tolist(), 1e-6)
     with pytest.raises(ValueError, match="divisible by group_size"):
         ctwa.covariance_statistic(r, w, 5)
     zero = ctwa.covariance_statistic(r[:4], torch.zeros(4), 4)  # constant w: cov 0, correlation undefined -> 0
-    assert zero["cov_mean"].abs().max() == 0 and zero["corr_mean"].abs().max() == 0
+    assert zero["cov"].abs().max() == 0 and zero["corr"].abs().max() == 0
 
 
 def test_weight_update_matches_spec_table():
@@ -100,26 +98,41 @@ def test_weight_update_matches_spec_table():
 
 
 def test_ctwa_construction_state_and_bad_input():
-    """Defaults are the paper's run; K follows the vectors; wrong lengths and NaN never reach the weights."""
+    """Defaults are the paper's run; K follows the vectors (K = 1 too); wrong lengths and NaN never reach the weights;
+    CTWA is a scalarize.Method that declares what the loop gives it."""
     m = ctwa.CTWA(num_objectives=3)
     close(m.weights, [1 / 3] * 3, 1e-12)
     assert (m.cov_targets.tolist(), m.lambda_lr, m.ema_tau) == ([0.15, 0.08, 0.08], 0.05, 0.1)
-    assert ctwa.CTWA([0.5, 0.5], cov_targets=0.1, obj_targets=None).K == 2
+    assert m.obj_targets.tolist() == [1.0, 0.95, 0.95]
+    assert isinstance(m, scalarize.Method) and m.level == "reward" and not m.clipped
+    assert (m.needs_statistic, m.w_agg) == ("cov", "mean")
+    assert ctwa.CTWA(signal="corr", num_objectives=3).needs_statistic == "corr"
+    assert ctwa.CTWA([0.5, 0.5], cov_targets=0.1, obj_targets=float("inf")).K == 2
+    assert ctwa.CTWA(cov_targets=[0.1, 0.2, 0.3, 0.4]).K == 4  # K from any vector argument
+    one = ctwa.CTWA(init_weights=[1.0])  # K = 1: the paper's first-objective targets
+    assert one.K == 1 and one.cov_targets.tolist() == [0.15] and one.obj_targets.tolist() == [1.0]
+    one.update([0.05], [0.4])
+    close(one.weights, [math.exp(0.05 * 0.1)], 1e-12)  # deficit 0.15 - 0.05, lambda 0.05
+    assert ctwa.CTWA(num_objectives=2).cov_targets.tolist() == [0.15, 0.08]
     methods = {**scalarize.METHODS, "ctwa": ctwa.CTWA}
     assert scalarize.get_method("ctwa", methods) is ctwa.CTWA
     assert set(scalarize.hyperparameters(ctwa.CTWA)) == set(ctwa.CTWA.HELP)
+    with pytest.raises(ValueError, match="cannot tell the number of objectives"):
+        ctwa.CTWA()
     with pytest.raises(ValueError, match="cov_targets has 3 entries, expected 2.*--ctwa-cov-targets"):
-        ctwa.CTWA(num_objectives=2)
+        ctwa.CTWA([0.5, 0.5], cov_targets=[0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="init_weights has 2 entries, expected 3"):
         ctwa.CTWA([0.5, 0.5], num_objectives=3)
     with pytest.raises(ValueError, match="w-agg"):
         ctwa.CTWA(num_objectives=3, w_agg="max")
+    with pytest.raises(ValueError, match="--ctwa-signal"):
+        ctwa.CTWA(num_objectives=3, signal="grad_norm")
     m.update(torch.tensor([0.0, 0.1, 0.2]), torch.tensor([0.5, 0.5, 0.5]))
     before = m.weights.clone()
     with pytest.warns(UserWarning, match="skipped"):
         m.update(torch.tensor([float("nan"), 0.1, 0.2]), torch.tensor([0.5, 0.5, 0.5]))
     assert torch.equal(m.weights, before) and m.metrics()["skipped"] == 1.0
-    with pytest.raises(ValueError, match="NaN/inf"):
+    with pytest.raises(ValueError, match="NaN or inf"):
         m.scalarize(torch.full((2, 3), float("inf")))
     m2 = ctwa.CTWA(num_objectives=3)
     m2.load_state_dict(json.loads(json.dumps(m.state_dict())))

@@ -1,17 +1,21 @@
-"""eval.py: exact hypervolume, Pareto front, the interference detector, figures and summary from synthetic logs,
-and checkpoint evaluation of a tiny random model.  Run: python -m pytest -q tests/test_eval.py
+"""eval.py: exact hypervolume, Pareto front, the interference detector and the summary from synthetic logs, and
+checkpoint and base-model evaluation of a tiny random model.  Run: python -m pytest -q tests/test_eval.py
 """
 import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
+import arith
 import eval as ev
+from model import ModelConfig, Transformer
 
 OBJS = ["accuracy", "conciseness", "clarity"]
 
@@ -128,54 +132,32 @@ def test_detector_prefers_eval_curves():
     assert 45 <= found[0]["step"] <= 65
 
 
-def _figure_labelled(fig):
-    return all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes) and len(fig.axes) > 0
-
-
-def test_report_figures_and_summary(tmp_path, capsys):
-    """Three methods × 2 seeds + a CTWA sweep -> five labelled non-empty PNGs, markdown table and summary.json."""
+def test_report_summary(tmp_path, capsys):
+    """Three methods × 2 seeds + a CTWA sweep -> markdown table, detector lines, summary.{md,json} with the front."""
     root = str(tmp_path)
     runs = [_write_run(root, f"linear-s{s}", "linear", s, drop_at=40, eval_every=10) for s in (0, 1)]
     runs += [_write_run(root, f"mgda-s{s}", "mgda", s, eval_every=10, score=False) for s in (0, 1)]
     runs += [_write_run(root, f"ctwa-s{s}", "ctwa", s, targets=[0.15, 0.08, 0.08], eval_every=10) for s in (0, 1)]
     sweep = [_write_run(root, f"sweep-{i}", "ctwa", 0, targets=t, eval_every=10)
              for i, t in enumerate([[0.15, 0.08, 0.08], [-0.15, -0.08, -0.08], [0.1, 0.1, 0.1]])]
-    out = ev.report(runs, os.path.join(root, "plots"), sweep_dirs=sweep, window=10)
-    assert sorted(out["figures"]) == ["fig1_objectives", "fig2_weights", "fig3_covariance", "fig4_sensitivity",
-                                      "fig5_pareto"]
-    for name in out["figures"].values():
-        path = os.path.join(root, "plots", name)
-        assert os.path.getsize(path) > 1000 and open(path, "rb").read(4) == b"\x89PNG"
+    out = ev.report(runs, os.path.join(root, "summary"), sweep_dirs=sweep, window=10)
     text = capsys.readouterr().out
     assert "| linear | 2 |" in text and "ctwa (0.15, 0.08, 0.08)" in text and "accuracy 2/2" in text
     assert "interference" in text and "fell" in text
-    saved = json.load(open(os.path.join(root, "plots", "summary.json")))
+    saved = json.load(open(os.path.join(root, "summary", "summary.json")))
     linear = saved["methods"][0]
     assert [r["label"] for r in saved["methods"]] == ["linear", "mgda", "ctwa (0.15, 0.08, 0.08)"]
     assert linear["worst_change"][0] == "accuracy" and linear["worst_change"][1] < -0.1
     assert linear["final"]["accuracy"][0] == pytest.approx(0.2, abs=0.02)  # last eval point
     assert linear["base"]["response_length"] == 30.0 and len(saved["sweep"]) == 3
     assert math.isnan(linear["base"]["conciseness"])  # step-0 conciseness has no running mean: not a baseline
-    assert open(os.path.join(root, "plots", "summary.md")).read().startswith("| method | seeds | accuracy")
+    assert open(os.path.join(root, "summary", "summary.md")).read().startswith("| method | seeds | accuracy")
     hv = linear["hypervolume"][0]
     finals = [r["final"] for r in linear["runs"]]
     assert hv == pytest.approx(np.mean([np.prod([f[o] for o in OBJS]) for f in finals]))
-
-
-def test_plot_functions_return_labelled_figures(tmp_path):
-    """Every plotting function labels every axis (the acceptance asks for labelled axes)."""
-    runs = [ev.load_run(_write_run(str(tmp_path), f"ctwa-s{s}", "ctwa", s, targets=[0.1, 0.1, 0.1])) for s in (0, 1)]
-    runs.append(ev.load_run(_write_run(str(tmp_path), "linear", "linear", 0, drop_at=30)))
-    groups, rows = ev.group_runs(runs), ev.summarize(runs)
-    figs = [ev.plot_objectives(groups, OBJS, str(tmp_path / "a.png")),
-            ev.plot_weights(groups, OBJS, str(tmp_path / "b.png")),
-            ev.plot_covariance(groups, OBJS, str(tmp_path / "c.png")),
-            ev.plot_sensitivity(rows, str(tmp_path / "d.png")), ev.plot_pareto(rows, str(tmp_path / "e.png"))]
-    assert all(_figure_labelled(f) for f in figs)
-    assert figs[0].axes[0].get_ylabel().startswith("reward/accuracy")  # no eval keys: training curve, smoothed
-    assert all(os.path.getsize(tmp_path / f"{c}.png") > 0 for c in "abcde")
-    with pytest.raises(ValueError, match="CTWA"):
-        ev.plot_weights(ev.group_runs(runs[2:]), OBJS, str(tmp_path / "f.png"))
+    points = [[r["final"][o][0] for o in OBJS] for r in out["methods"]]  # what plots.py draws as the front
+    assert [r["pareto"] for r in saved["methods"]] == ev.pareto_mask(points)
+    assert saved["front_hypervolume"] == pytest.approx(ev.hypervolume(points))
 
 
 def test_load_run_errors_name_the_fix(tmp_path):
@@ -192,15 +174,10 @@ def test_load_run_errors_name_the_fix(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A random 1-layer model with the arith tokenizer, saved as an HF folder like train.py's step-N."""
-    import torch
-
-    import tasks
-    from model import ModelConfig, Transformer
-
     path = str(tmp_path_factory.mktemp("run") / "step-2")
     torch.manual_seed(0)
-    tok = tasks.arith_tokenizer()
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tasks.ARITH_VOCAB), hidden_size=32, intermediate_size=64,
+    tok = arith.tokenizer()
+    cfg = ModelConfig(model_type="llama", vocab_size=len(arith.VOCAB), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                       tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     Transformer(cfg).save_pretrained(path)
@@ -212,8 +189,9 @@ def test_evaluate_checkpoints(tiny_checkpoint):
     """Greedy and sampled scoring give every objective in [0, 1]; the threshold source is reported."""
     kw = dict(num_prompts=3, max_new_tokens=6)
     (r,) = ev.evaluate_checkpoints([tiny_checkpoint], "arith", **kw)
-    assert set(OBJS) | {"response_length", "length_threshold", "threshold_source", "completions"} <= set(r)
+    assert set(OBJS) | {"response_length", "all_wrong", "length_threshold", "threshold_source", "completions"} <= set(r)
     assert all(0 <= r[o] <= 1 for o in OBJS) and 1 <= r["response_length"] <= 6 and r["prompts"] == 3
+    assert r["all_wrong"] == pytest.approx(1 - r["accuracy"])  # one greedy sample per prompt
     assert r["threshold_source"].startswith("mean response length") and r["length_threshold"] == r["response_length"]
     (s,) = ev.evaluate_checkpoints([tiny_checkpoint], "arith", length_threshold=100.0, samples=2, temperature=1.0,
                                    **kw)
@@ -224,27 +202,47 @@ def test_evaluate_checkpoints(tiny_checkpoint):
     assert t["length_threshold"] == 3.0 and t["threshold_source"].endswith("trainer_state.json")
     with pytest.raises(ValueError, match="temperature"):
         ev.evaluate_checkpoints([tiny_checkpoint], "arith", samples=2, **kw)
+    with pytest.raises(ValueError, match="unknown task"):
+        ev.evaluate_checkpoints([tiny_checkpoint], "gsm8k", **kw)
 
 
-def test_cli_on_a_short_training_run(tiny_checkpoint, tmp_path):
-    """train.py for 1 step, then eval.py on its checkpoint (table + JSON) and on its log (figures + summary)."""
+def test_score_completions_all_wrong():
+    """all_wrong counts the prompts (rows prompt-major, G per prompt) whose every sample has accuracy 0."""
+    out = dict(responses=["\\boxed{1}", "x", "y", "z"], lengths=[3, 1, 1, 1], answers=["1", "1", "2", "2"], samples=2)
+    r = ev.score_completions(out, 2.0)
+    assert r["all_wrong"] == 0.5 and r["accuracy"] == 0.25 and r["conciseness"] == 0.75 and r["response_length"] == 1.5
+
+
+def test_base_scores(tiny_checkpoint):
+    """Sampled and greedy step-0 scores, both judged against the sampled mean length, as at training step 1."""
+    scores = ev.base_scores(tiny_checkpoint, group_size=2, num_prompts=3)
+    assert set(scores) == {"sampled", "greedy"}
+    threshold = scores["sampled"]["response_length"]
+    assert scores["greedy"]["length_threshold"] == scores["sampled"]["length_threshold"] == threshold
+    assert all(0 <= s[k] <= 1 for s in scores.values() for k in [*OBJS, "all_wrong"])
+
+
+def test_cli_checkpoints_base_models_and_runs(tiny_checkpoint, tmp_path):
+    """eval.py on a run folder's checkpoint (table + JSON), on a base model (scores.json) and on its log (summary)."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = _write_run(str(tmp_path), "run", "ctwa", 0, targets=[0.15, 0.08, 0.08], steps=20, eval_every=5)
+    shutil.copytree(tiny_checkpoint, os.path.join(run, "step-1"))
+    with open(os.path.join(run, "step-1", "trainer_state.json"), "w") as f:
+        json.dump({"scorer": {"length_sum": 30.0, "length_count": 10}}, f)
+    base, summary, out = str(tmp_path / "base"), str(tmp_path / "summary"), str(tmp_path / "eval.json")
+    shutil.copytree(tiny_checkpoint, base, ignore=shutil.ignore_patterns("trainer_state.json"))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # eager paths: full speed
-    run, plots, out = str(tmp_path / "run"), str(tmp_path / "plots"), str(tmp_path / "eval.json")
-    res = subprocess.run([sys.executable, "train.py", "--method", "ctwa", "--model", tiny_checkpoint, "--out-dir",
-                          run, "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6",
-                          "--eval-interval", "1", "--eval-prompts", "3", "--checkpoint-interval", "1"],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
     res = subprocess.run([sys.executable, "eval.py", "--checkpoints", os.path.join(run, "step-1"), "--prompts", "3",
-                          "--max-new-tokens", "6", "--out", out, "--runs", run, "--plots", plots, "--window", "1"],
+                          "--max-new-tokens", "6", "--out", out, "--base-models", base, "--runs", run,
+                          "--summary-dir", summary, "--window", "1"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| checkpoint | accuracy | conciseness | clarity |" in res.stdout and "| ctwa (" in res.stdout
+    assert f"| {base} | greedy |" in res.stdout
     (r,) = json.load(open(out))["results"]
-    assert r["threshold_source"].endswith(os.path.join("step-1", "trainer_state.json"))
+    assert r["threshold_source"].endswith(os.path.join("step-1", "trainer_state.json")) and r["length_threshold"] == 3
     assert all(0 <= r[o] <= 1 for o in OBJS)
-    summary = json.load(open(os.path.join(plots, "summary.json")))
-    assert summary["methods"][0]["method"] == "ctwa" and summary["methods"][0]["runs"][0]["final"]["accuracy"] >= 0
-    assert {"fig1_objectives", "fig2_weights", "fig3_covariance", "fig5_pareto"} <= set(summary["figures"])
-    assert all(os.path.getsize(os.path.join(plots, f)) > 0 for f in summary["figures"].values())
+    recorded = json.load(open(os.path.join(base, "scores.json")))
+    assert recorded["max_new_tokens"] == arith.MAX_NEW_TOKENS and set(recorded) >= {"sampled", "greedy"}
+    saved = json.load(open(os.path.join(summary, "summary.json")))
+    assert saved["methods"][0]["method"] == "ctwa" and saved["methods"][0]["runs"][0]["final"]["accuracy"] >= 0

@@ -51,17 +51,17 @@ def test_tchebycheff_oracles():
 def test_smooth_tchebycheff_oracles():
     """§3.1: weights lam*sigma at mu 0.1 and 1, the TCH bounds, and the per-sample form."""
     for mu, ref, val in ((0.1, [0.2167, 0.1437, 0.0175], 0.2836), (1.0, [0.1747, 0.1059, 0.0595], 1.2516)):
-        m = S.SmoothTchebycheff(3, weights=[0.5, 0.3, 0.2], mu=mu, ideal_point=[1, 1, 1])
+        m = S.SmoothTchebycheffMu(3, weights=[0.5, 0.3, 0.2], mu=mu, ideal_point=[1, 1, 1])
         r = means([0.6, 0.3, 0.8])
         close(m.scalarize(r), (r @ torch.tensor(ref)).tolist(), 1e-4)
         close(m.omega, ref, 1e-4)
         assert m.value == pytest.approx(val, abs=1e-4) and m.value - mu * math.log(3) <= 0.21 <= m.value
     for mu, ref in ((0.1, [0.0788, 0.2141, 0.0404]), (1.0, [0.1096, 0.1212, 0.1026])):
-        m = S.SmoothTchebycheff(3, mu=mu, ideal_point=1.0)
+        m = S.SmoothTchebycheffMu(3, mu=mu, ideal_point=1.0)
         m.scalarize(means([0.6, 0.3, 0.8]))
         close(m.omega, ref, 1e-4)
     for mu, ref in ((0.05, [-0.2143, -0.2517, -0.1483, -0.4002]), (0.5, [-0.6536, -0.6725, -0.6253, -0.7517])):
-        m = S.SmoothTchebycheff(3, weights=[0.5, 0.3, 0.2], mu=mu, ideal_point=0.9, mode="sample")
+        m = S.SmoothTchebycheffMu(3, weights=[0.5, 0.3, 0.2], mu=mu, ideal_point=0.9, mode="sample")
         close(m.scalarize(R), ref, 1e-4)
 
 
@@ -72,7 +72,7 @@ def test_smooth_tchebycheff_omd_oracle():
                             [0.3753, 0.3753, 0.2493]),
                            (0.3, [[1 / 3] * 3, [0.3383, 0.3393, 0.3224], [0.3425, 0.3440, 0.3135]],
                             [0.3467, 0.3467, 0.3066])):
-        m = S.SmoothTchebycheffOMD(3, weights=[0.5, 0.3, 0.2], omd_lr=eta, init="uniform", ideal_point=[1, 1, 1])
+        m = S.SmoothTchebycheff(3, weights=[0.5, 0.3, 0.2], omd_lr=eta, init="uniform", ideal_point=[1, 1, 1])
         for rbar, w in zip(steps, used):
             m.scalarize(means(rbar))
             close(m.w, w, 1e-4)
@@ -86,12 +86,12 @@ def test_lagrangian_oracle():
         m = S.Lagrangian(3, constraints=[0.9, 0.9], dual_lr=0.01, normalize=normalize)
         for rbar, lam in (([0.5, 0.95], [0.004, 0.0]), ([0.55, 0.92], [0.0075, 0.0]), ([0.6, 0.85], [0.0105, 0.0005])):
             out = m.combine(A, means([0.3] + rbar, 2))
-            close(m.lam, [0.0] + lam, 1e-9)
+            close(m.multipliers, [0.0] + lam, 1e-9)
         close(out, ref, 1e-4)
     m = S.Lagrangian(2, constraints=[0.9], max_multiplier=0.015)
     for _ in range(5):
         m.combine(A[:, :2], means([0.0, 0.0], 2))
-    assert m.lam.tolist() == [0.0, 0.015]  # bounded dual domain
+    assert m.multipliers.tolist() == [0.0, 0.015]  # bounded dual domain
 
 
 def test_pama_oracles():
@@ -179,17 +179,17 @@ def test_famo_two_step_oracle():
     """§10: effective weights, xi after one and two Adam steps (L* = 0, wd 1e-3)."""
     m = S.FAMO(3, lower_bounds=0.0)
     close(m.coefficients(gram(G3), [2.0, 0.5, 1.0]), [0.1429, 0.5714, 0.2857], 1e-4)
-    m.update(None, None, losses_after=[1.8, 0.45, 0.95])
+    m.after_step([1.8, 0.45, 0.95])
     close(m.xi, [-0.025, -0.025, 0.025], 1e-6)
     close(torch.softmax(m.xi, 0), [0.3277, 0.3277, 0.3445], 1e-4)
     m.coefficients(gram(G3), [1.8, 0.45, 0.95])
-    m.update(None, None, losses_after=[1.7, 0.44, 0.85])
+    m.after_step([1.7, 0.44, 0.85])
     close(m.xi, [-0.0336, -0.0146, 0.0201], 1e-4)
     close(m.coefficients(gram(G3), [1.8, 0.45, 0.95]), [0.1413, 0.5761, 0.2825], 1e-4)  # with the new z
     m = S.FAMO(2)  # signed RL losses: the bound follows the loss, logs stay finite
     for L, La in (([0.0, -0.1], [-0.5, -0.2]), ([-2.0, 0.3], [-3.5, 0.1])):
         assert torch.isfinite(m.coefficients(gram(G2), L)).all()
-        m.update(None, None, losses_after=La)
+        m.after_step(La)
     assert torch.isfinite(m.xi).all() and m.skipped == 0
 
 
@@ -274,32 +274,47 @@ def test_solvers_permutation_invariant_and_finite_on_degenerate(name):
         assert c.shape == (G.shape[0],) and torch.isfinite(c).all() and torch.isfinite(c @ G.double()).all()
 
 
+def _step(m, R, G):
+    """One step of any method on rewards R (N, K) and gradients G (K, P), as train.py drives it; returns its signal."""
+    K = R.shape[1]
+    if m.needs_gram:
+        m.observe_gram(gram(G), 1e-6)
+    if m.level == "reward":
+        out = m.scalarize(R)
+    elif m.level == "advantage":
+        out = m.combine(R - 0.5, R)
+    else:
+        out = m.coefficients(gram(G), torch.linspace(0.3, -0.2, K))
+        if m.needs_losses_after:
+            m.after_step(torch.linspace(0.2, -0.3, K))
+    m.update(torch.zeros(K) if m.needs_statistic else None, R.mean(0))
+    return out
+
+
 def test_every_method_roundtrips_state_and_logs():
-    """Each registered method runs one step on the fixtures, logs floats, and resumes exactly from JSON state."""
-    def step(m):
-        if m.level == "reward":
-            if m.needs_gram:
-                m.observe_gram(gram(G3), 1e-6)
-            out = m.scalarize(R)
-        elif m.level == "advantage":
-            out = m.combine(R - 0.5, R)
-        else:
-            out = m.coefficients(gram(G3), torch.tensor([0.3, -0.2, 0.1]))
-        m.update(torch.zeros(3), R.mean(0), losses_after=torch.tensor([0.2, -0.3, 0.05]))
-        return out
+    """Each registered method runs one step on the fixtures, logs floats, resumes exactly from JSON state, and with a
+    single objective gives that objective's own signal (the whole weight, or a multiple of its own gradient)."""
     for name, cls in S.METHODS.items():
         assert name == cls.name and set(S.hyperparameters(cls)) == set(cls.HELP)
+        assert cls.level in ("reward", "advantage", "gradient") and cls.needs_statistic in (None, "cov", "corr")
         a = cls(3)
-        step(a)
+        _step(a, R, G3)
         assert all(isinstance(v, float) for v in a.metrics().values())
         b = cls(3)
         b.load_state_dict(json.loads(json.dumps(a.state_dict())))
-        assert torch.equal(step(a), step(b)) and a.state_dict() == b.state_dict(), name
-        one = cls(1)  # a single objective degenerates gracefully
-        out = one.scalarize(R[:, :1]) if one.level == "reward" and not one.needs_gram else \
-            one.combine(R[:, :1], R[:, :1]) if one.level == "advantage" else \
-            one.coefficients(gram(G3[:1]), [0.5]) if one.level == "gradient" else torch.zeros(1)
-        assert torch.isfinite(out).all(), name
+        assert torch.equal(_step(a, R, G3), _step(b, R, G3)) and a.state_dict() == b.state_dict(), name
+        one = cls(1)
+        out = _step(one, R[:, :1], G3[:1])
+        if one.level == "reward" and name != "tchebycheff":  # a weighted sum with one positive weight on r_0
+            ratio = out / R[:, 0]
+            assert torch.allclose(ratio, ratio[0].expand_as(ratio)) and ratio[0] > 0, name
+        elif name == "tchebycheff":  # -w (z - r): r_0 shifted and scaled
+            assert torch.allclose(out - out[0], R[:, 0] - R[0, 0]), name
+        elif one.level == "gradient":  # d = c g_0 with c > 0: the objective's own descent direction
+            assert out.shape == (1,) and out[0] > 0, name
+        else:  # advantage level: the objective's own advantage, clamped at 0 by PAMA's Noon
+            A = (R[:, :1] - 0.5).clamp(min=0 if one.ratio_to_reference else -1)[:, 0]
+            assert torch.allclose(out, A * (out @ A) / (A @ A)), name
 
 
 def test_bad_input():
@@ -316,7 +331,7 @@ def test_bad_input():
         S.PAMA(2, variant="noon")
     bad = R.clone()
     bad[1, 2] = float("nan")
-    for m in (S.Linear(3), S.SmoothTchebycheffOMD(3)):
+    for m in (S.Linear(3), S.SmoothTchebycheff(3)):
         with pytest.raises(ValueError, match="NaN or inf"):
             m.scalarize(bad)
     m = S.Dynamic(3)
@@ -340,5 +355,5 @@ def test_bad_input():
     m.coefficients(gram(G3), [0.1, 0.2, 0.3])
     xi = m.xi.clone()
     with pytest.warns(UserWarning, match="skipped"):
-        m.update(None, None, losses_after=[float("nan"), 0.1, 0.1])
+        m.after_step([float("nan"), 0.1, 0.1])
     assert torch.equal(m.xi, xi) and m.metrics()["skipped"] == 1.0

@@ -1,4 +1,5 @@
-"""Tests for tasks.py: the paper's three rewards (spec/ctwa-reference.md §4), math500 loading, the arith task.
+"""Tests for tasks.py: the paper's three rewards (spec/ctwa-reference.md §4), the scoring entry point, EOS ids and
+math500 loading (the arith task is tested in test_arith.py).
 
     python -m pytest -q tests/test_tasks.py
 """
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+import arith
 import tasks
 from tasks import OBJECTIVES, RewardScorer, accuracy, clarity, conciseness
 
@@ -195,36 +197,48 @@ def test_clarity_equals_reference_on_random_strings():
         assert clarity(s) == reference_clarity(s), s
 
 
+# each at 20k characters when k = 1, k times longer otherwise
 ADVERSARIAL = {
-    "unclosed boxes": "\\boxed{a" * 2500, "open braces": "{" * 20000, "close braces": "}" * 20000,
-    "backslashes": "\\" * 20000, "brace soup": "\\boxed{{\\frac{}}{\\sqrt" * 800, "spaces": "\\boxed{" + " " * 20000,
-    "unicode": "∑∫é😀\u200b" * 4000, "enumerators": "Step 1: iiii- " * 1500, "ordinals": "first then " * 2000,
-    "space box": "\\boxed " * 3000, "fractions": "\\frac" * 4000, "roman": "(" + "i" * 20000 + " ",
+    "unclosed boxes": lambda k: "\\boxed{a" * 2500 * k, "open braces": lambda k: "{" * 20000 * k,
+    "close braces": lambda k: "}" * 20000 * k, "backslashes": lambda k: "\\" * 20000 * k,
+    "brace soup": lambda k: "\\boxed{{\\frac{}}{\\sqrt" * 800 * k, "spaces": lambda k: "\\boxed{" + " " * 20000 * k,
+    "unicode": lambda k: "∑∫é😀\u200b" * 4000 * k, "enumerators": lambda k: "Step 1: iiii- " * 1500 * k,
+    "ordinals": lambda k: "first then " * 2000 * k, "space box": lambda k: "\\boxed " * 3000 * k,
+    "fractions": lambda k: "\\frac" * 4000 * k, "roman": lambda k: "(" + "i" * 20000 * k + " ",
 }
+REWARD_CALLS = {"accuracy": lambda s: accuracy(s, "1"), "accuracy, boxed": lambda s: accuracy(s + "\\boxed{1}", s),
+                "clarity": clarity}
+
+
+def _cost(fn, arg, reps, tries=3):
+    best = float("inf")
+    for _ in range(tries):  # best of 3: other processes share the CPU
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn(arg)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
-def test_rewards_fast_and_total_on_adversarial_strings(name):
-    """≤ 10 ms per reward on a 20k-character adversarial response, never raising (no catastrophic backtracking)."""
-    s = ADVERSARIAL[name]
-    for fn in (lambda: accuracy(s, "1"), lambda: accuracy(s + "\\boxed{1}", s), lambda: clarity(s)):
-        best = min(_timed(fn) for _ in range(3))  # best of 3: other processes share the CPU
-        assert best < 0.010, f"{name}: {best * 1e3:.1f} ms"
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def test_rewards_linear_on_adversarial_strings(name):
+    """Never raising, and 4x the length costs under 10x the time. Linear is 4x, up to 8.5x measured where the longer
+    string no longer fits the L1 cache (a scan of "\\boxed " in 20k vs 80k characters); the reference's quadratic
+    boxed regex costs 16x."""
+    small, large = ADVERSARIAL[name](1), ADVERSARIAL[name](4)
+    for call_name, fn in REWARD_CALLS.items():
+        reps = 1
+        while _cost(fn, small, reps, tries=1) < 0.005:  # repeat until a timing spans 5 ms, well above its noise
+            reps *= 4
+        ratio = _cost(fn, large, reps) / _cost(fn, small, reps)
+        assert ratio < 10, f"{name}, {call_name}: 4x the length took {ratio:.1f}x the time"
 
 
 def test_rewards_on_one_megabyte():
-    """1 MB of mixed adversarial text scores in well under 0.5 s per reward."""
-    s = "".join(v for k, v in ADVERSARIAL.items() if k != "space box")  # `\\boxed ` would win over any later box
+    """1 MB of mixed adversarial text scores without raising: the last box counts, the enumerators make it clear."""
+    s = "".join(v(1) for k, v in ADVERSARIAL.items() if k != "space box")  # `\\boxed ` would win over any later box
     s = (s * (1 + 2 ** 20 // len(s)))[:2 ** 20]
-    for fn in (lambda: accuracy(s, "1"), lambda: accuracy(s + "\\boxed{1}", "1"), lambda: clarity(s),
-               lambda: accuracy(ADVERSARIAL["space box"] + s, s)):
-        assert min(_timed(fn) for _ in range(2)) < 0.5
+    accuracy(s, "1"), accuracy(ADVERSARIAL["space box"](1) + s, s)  # total: neither raises
     assert accuracy(s + "\\boxed{1}", "1") == 1.0 and clarity(s) == 1.0
 
 
@@ -246,6 +260,19 @@ def test_reward_scorer_running_mean_and_resume():
     assert other.avg_length == 4.0
 
 
+def test_score_is_the_scorers_scoring():
+    """tasks.score with a threshold equals RewardScorer at the same running mean; its default lets a failure raise."""
+    responses, lengths, answers = ["Step 1: a\nStep 2: b\n\\boxed{1}", "\\boxed{2}", "2"], [4, 8, 5], ["1", "2", "2"]
+    sc = RewardScorer()
+    want = sc.score(responses, lengths, answers, train=True)  # running mean 17 / 3
+    assert want.tolist() == [[1, 1, 1], [1, 0, 0], [0, 1, 0]]
+    assert tasks.score(responses, lengths, answers, 17 / 3).tolist() == want.tolist()
+    assert tasks.score(responses, lengths, answers, None)[:, 1].tolist() == [1.0, 1.0, 1.0]
+    assert tasks.score([], [], [], 5.0).shape == (0, len(OBJECTIVES))
+    with pytest.raises(TypeError):
+        tasks.score([None], [3], ["1"], 5.0)
+
+
 def test_reward_scorer_counts_failures():
     """A reward that raises scores 0 with a counted warning; mismatched inputs are refused."""
     sc = RewardScorer()
@@ -254,6 +281,16 @@ def test_reward_scorer_counts_failures():
     assert sc.failures == 1 and r[0].tolist() == [0.0, 0.0, 0.0] and r[1, 0] == 1.0
     with pytest.raises(ValueError, match="one length and answer per response"):
         sc.score(["a", "b"], [1], ["1", "1"], train=True)
+    assert sc.length_count == 2  # a refused batch leaves the running mean alone
+
+
+def test_eos_ids(tmp_path):
+    """The tokenizer's EOS plus generation_config.json's eos_token_id (int or list), sorted, without duplicates."""
+    tok = arith.tokenizer()
+    assert tasks.eos_ids(str(tmp_path), tok) == [1]  # no generation_config.json: the tokenizer's alone
+    for eos, want in ((4, [1, 4]), ([3, 1, None], [1, 3]), (None, [1])):
+        (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+        assert tasks.eos_ids(str(tmp_path), tok) == want
 
 
 # ----------------------------------------------------------------------------- math500
@@ -262,16 +299,16 @@ def test_reward_scorer_counts_failures():
 @pytest.mark.skipif(not os.path.isdir(SHARED_MATH500), reason="shared MATH500 parquet not present")
 def test_math500_from_shared_parquet():
     """The official split loads 300/100/100 rows, rendered with the chat template, answers from reward_model."""
-    tok = tasks.arith_tokenizer()
-    sizes = {s: len(tasks.load_task("math500", s, tok, data_path=SHARED_MATH500).answers) for s in tasks.SPLITS}
+    tok = arith.tokenizer()
+    sizes = {s: len(tasks.load_math500(s, tok, data_path=SHARED_MATH500).answers) for s in tasks.SPLITS}
     assert sizes == {"train": 300, "val": 100, "test": 100}
-    task = tasks.load_task("math500", "train", tok, data_path=SHARED_MATH500, num_prompts=5)
+    task = tasks.load_math500("train", tok, data_path=SHARED_MATH500, num_prompts=5)
     assert len(task.prompts) == 5 and task.skipped == 0 and task.answers[0] == "1"
     assert task.texts[0] == "If $t(x) = 3-g(x)$ and $g(x) = \\sqrt{x}$, then what is $t(g(16))$?"
     user, asst = tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>"])
     assert task.prompts[0][0] == user and task.prompts[0][-1] == asst
     tok.chat_template = None  # no template: the raw message is tokenized
-    raw = tasks.load_task("math500", "train", tok, data_path=SHARED_MATH500, num_prompts=1)
+    raw = tasks.load_math500("train", tok, data_path=SHARED_MATH500, num_prompts=1)
     assert raw.prompts[0] == tok(task.texts[0] + tasks.MATH_SUFFIX, add_special_tokens=False)["input_ids"]
 
 
@@ -281,27 +318,25 @@ def test_math500_jsonl_malformed_rows(tmp_path):
             {"answer": "3"}, {"problem": "What is $2+1$?", "answer": "3"}]
     (tmp_path / "test.jsonl").write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows))
     with pytest.warns(UserWarning, match=r"row \d has no problem or no answer") as record:
-        task = tasks.load_task("math500", "test", tasks.arith_tokenizer(), data_path=str(tmp_path))
+        task = tasks.load_math500("test", arith.tokenizer(), data_path=str(tmp_path))
     assert [re.search(r"row (\d)", str(w.message)).group(1) for w in record] == ["1", "2", "3"]
     assert task.skipped == 3 and task.answers == ["2", "3"]
     assert task.texts == ["What is $1+1$?", "What is $2+1$?"]
     with pytest.raises(FileNotFoundError, match="no val.parquet or val.jsonl"):
-        tasks.load_task("math500", "val", tasks.arith_tokenizer(), data_path=str(tmp_path))
+        tasks.load_math500("val", arith.tokenizer(), data_path=str(tmp_path))
 
 
-def test_load_task_rejects_bad_names():
-    """Unknown tasks and splits fail with a message naming the valid choices."""
-    with pytest.raises(ValueError, match="unknown task"):
-        tasks.load_task("gsm8k", "train", tasks.arith_tokenizer())
-    with pytest.raises(ValueError, match="unknown split"):
-        tasks.load_task("arith", "dev", tasks.arith_tokenizer())
+def test_math500_rejects_unknown_split():
+    """An unknown split fails with a message naming the valid ones, before any data is looked for."""
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        tasks.load_math500("dev", arith.tokenizer())
 
 
 def test_math500_offline_without_datasets_says_how_to_get_data(monkeypatch):
     """Without local files and without `datasets`, the error says how to get the data."""
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
     with pytest.raises(RuntimeError, match="pip install datasets"):
-        tasks.load_task("math500", "test", tasks.arith_tokenizer())
+        tasks.load_math500("test", arith.tokenizer())
 
 
 def test_math500_hub_split(monkeypatch):
@@ -312,67 +347,8 @@ def test_math500_hub_split(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: fake)
     first = fake.train_test_split(test_size=0.4, seed=42, shuffle=True)
     rest = first["test"].train_test_split(test_size=0.5, seed=42, shuffle=True)
-    tok = tasks.arith_tokenizer()
-    got = {s: tasks.load_task("math500", s, tok).answers for s in tasks.SPLITS}
+    tok = arith.tokenizer()
+    got = {s: tasks.load_math500(s, tok).answers for s in tasks.SPLITS}
     assert {s: len(a) for s, a in got.items()} == {"train": 300, "val": 100, "test": 100}
     assert got["train"] == first["train"]["answer"] and got["test"] == rest["train"]["answer"]
     assert got["val"] == rest["test"]["answer"] and not set(got["train"]) & set(got["test"])
-
-
-# ----------------------------------------------------------------------------- arith
-
-
-def test_arith_deterministic_and_exact():
-    """The same seed gives the same prompts; answers are exact; all four levels occur; splits differ."""
-    tok = tasks.arith_tokenizer()
-    a = tasks.load_task("arith", "test", tok, seed=3)
-    assert a.prompts == tasks.load_task("arith", "test", tok, seed=3).prompts and len(a.prompts) == 200
-    assert a.texts != tasks.load_task("arith", "test", tok, seed=4).texts
-    assert a.texts[:100] != tasks.load_task("arith", "val", tok, seed=3).texts
-    for text, answer in zip(a.texts, a.answers):
-        assert re.fullmatch(r"[0-9+\-*()]+", text) and str(eval(text)) == answer  # generated text only
-    assert any("(" in t for t in a.texts) and any(re.fullmatch(r"\d\d\*\d\d", t) for t in a.texts)
-    assert len(tasks.load_task("arith", "train", tok, num_prompts=7).prompts) == 7
-
-
-def test_arith_styles_score_as_designed():
-    """Worked styles are accurate; guess/direct answer without working; clarity and length differ by style."""
-    tok, rng = tasks.arith_tokenizer(), random.Random(0)
-    for _ in range(50):
-        text, steps, answer = tasks.arith_problem(rng)
-        resp = {s: tasks.arith_response(steps, answer, s) for s in tasks.ARITH_STYLES}
-        scores = {s: (accuracy(r, str(answer)), clarity(r)) for s, r in resp.items()}
-        assert scores == {"steps": (1, 1), "worked": (1, 0), "guess": (1, 1), "direct": (1, 0), "plain": (0, 0)}
-        n = {s: len(tok(r, add_special_tokens=False)["input_ids"]) for s, r in resp.items()}
-        assert n["steps"] > n["guess"] > n["direct"] > n["plain"] and n["steps"] + 1 <= tasks.ARITH_MAX_NEW_TOKENS
-        assert all(tok.decode(tok(r, add_special_tokens=False)["input_ids"]) == r for r in resp.values())
-
-
-def test_arith_tokenizer_round_trip(tmp_path):
-    """The saved tokenizer reloads with its chat template and special tokens."""
-    tok = tasks.arith_tokenizer()
-    tok.save_pretrained(tmp_path)
-    again = tasks.load_tokenizer(str(tmp_path))
-    assert tasks.encode_prompts(again, ["(1+2)*3"]) == tasks.encode_prompts(tok, ["(1+2)*3"])
-    assert again.eos_token_id == 1 and again.pad_token_id == 0
-    assert again.decode(tok("Step 1: 3\n<eos>")["input_ids"], skip_special_tokens=True) == "Step 1: 3\n"
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
-        tasks.load_tokenizer(str(tmp_path / "nothing"))
-
-
-def test_arith_base_model_recipe_builds_and_reuses(tmp_path):
-    """A 2-step run of the recipe writes a loadable HF folder, is reused when present, rebuilt when changed."""
-    out = str(tmp_path / "base")
-    assert tasks.arith_base_model(out, steps=2, batch_size=4) == out
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json"} <= set(os.listdir(out))
-    with open(os.path.join(out, "generation_config.json")) as f:
-        assert json.load(f)["eos_token_id"] == 1
-    stamp = os.path.getmtime(os.path.join(out, "model.safetensors"))
-    tasks.arith_base_model(out, steps=2, batch_size=4)
-    assert os.path.getmtime(os.path.join(out, "model.safetensors")) == stamp  # reused, not rebuilt
-    tasks.arith_base_model(out, steps=3, batch_size=4)
-    assert os.path.getmtime(os.path.join(out, "model.safetensors")) != stamp
-    scores = tasks.arith_scores(out, num_prompts=2, group_size=2)
-    assert set(scores) == {"sampled", "greedy"} and set(OBJECTIVES) <= set(scores["sampled"])
-    assert all(0.0 <= v <= 1.0 for s in scores.values() for k, v in s.items() if k in OBJECTIVES)

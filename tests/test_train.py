@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import arith
 import scalarize
-import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "24", "--micro-batch", "8",
@@ -28,14 +28,14 @@ TINY = ["--steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--max-n
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """The arith base model recipe cut to 30 warm-start steps: real tokenizer and format, half-trained weights."""
-    return tasks.arith_base_model(str(tmp_path_factory.mktemp("arith") / "base"), steps=30)
+    return arith.build_base_model(str(tmp_path_factory.mktemp("arith") / "base"), steps=30)
 
 
-def run(args, out, nproc=1, check=True, wait=True):
+def run(args, out, nproc=1, check=True, wait=True, script="train.py"):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OMP_NUM_THREADS"] = "1"  # deterministic and no oversubscription when two ranks share two cores
     if nproc == 1:
-        cmd = [sys.executable, "train.py"]
+        cmd = [sys.executable, script]
     else:
         with socket.socket() as s:  # a free port for the rendezvous
             s.bind(("127.0.0.1", 0))
@@ -123,19 +123,84 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
-def test_nan_loss_skips_the_update(tiny_model, tmp_path):
-    """A NaN loss at step 2 leaves the weights untouched, is counted, and training goes on."""
-    run(["--model", tiny_model, *TINY, "--checkpoint-interval", "1", "--fault-nan-step", "2"], tmp_path)
-    rows = metrics(tmp_path)
+# runs train.py with the gradient norm of its second optimizer step made NaN, as a NaN loss or an overflow would
+NAN_AT_STEP_2 = """
+import runpy, sys, torch
+sys.path.insert(0, ".")  # the repo root (the working directory): train.py's own imports
+clip, calls = torch.nn.utils.clip_grad_norm_, [0]
+def nan_on_second_call(*args, **kwargs):
+    calls[0] += 1
+    norm = clip(*args, **kwargs)
+    return norm * float("nan") if calls[0] == 2 else norm
+torch.nn.utils.clip_grad_norm_ = nan_on_second_call
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_nan_gradient_skips_the_update(tiny_model, tmp_path):
+    """A non-finite gradient at step 2 leaves the weights untouched, is counted, and training goes on."""
+    (tmp_path / "nan_at_step_2.py").write_text(NAN_AT_STEP_2)
+    run(["--model", tiny_model, *TINY, "--checkpoint-interval", "1"], tmp_path / "out",
+        script=str(tmp_path / "nan_at_step_2.py"))
+    rows = metrics(tmp_path / "out")
     assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
-    w1, w2, w3 = (weights(tmp_path / f"step-{s}") for s in (1, 2, 3))
+    w1, w2, w3 = (weights(tmp_path / "out" / f"step-{s}") for s in (1, 2, 3))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert any(not torch.equal(w2[k], w3[k]) for k in w2)
 
 
-def test_bad_flags_are_argparse_errors(tmp_path):
-    """An unknown method or flag is an argparse error that lists the choices."""
-    proc = run(["--method", "nope"], tmp_path, check=False)
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "ctwa" in proc.stderr
-    proc = run(["--no-such-flag"], tmp_path, check=False)
-    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+# a method defined outside the project's files, registered before train.py builds its flags
+TOY_METHOD = """
+import runpy, sys, torch
+sys.path.insert(0, ".")  # the repo root (the working directory): scalarize and train.py's own imports
+import scalarize
+
+class AccuracyFirst(scalarize.Method):
+    \"\"\"Toy reward-level method: all weight on the first objective, raised each step by its covariance.\"\"\"
+    name, clipped, needs_statistic = "accuracy_first", False, "cov"
+    HELP = {"boost": "step on the first weight"}
+    LOGGED = {"weight": "weights"}
+    _state = ("weights",)
+
+    def __init__(self, num_objectives, boost=0.5):
+        super().__init__(num_objectives)
+        self.boost, self.weights = boost, torch.eye(num_objectives, dtype=torch.float64)[0]
+
+    def scalarize(self, rewards):
+        return rewards @ self.weights.to(rewards)
+
+    def update(self, statistic, objective_means):
+        self.weights = self.weights + self.boost * torch.eye(self.K, dtype=torch.float64)[0] * float(statistic[0] > 0)
+
+
+def equal_norm_coeffs(gram):
+    return 1 / gram.diagonal().clamp(min=1e-12).sqrt() / gram.shape[0]
+
+class EqualNorm(scalarize.Method):
+    name, level = "equal_norm", "gradient"
+
+    def _solve(self, gram):
+        return equal_norm_coeffs(gram)
+
+scalarize.METHODS.update({AccuracyFirst.name: AccuracyFirst, EqualNorm.name: EqualNorm})
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("method", ["accuracy_first", "equal_norm"])
+def test_a_method_registered_from_outside_trains(tiny_model, tmp_path, method):
+    """Adding a method is one class (and, gradient level, its solver) registered from outside the project's files,
+    as the README shows: it gets its flags and trains 2 steps."""
+    (tmp_path / "toy.py").write_text(TOY_METHOD)
+    flags = ["--accuracy-first-boost", "2"] if method == "accuracy_first" else []
+    run(["--model", tiny_model, *TINY, "--steps", "2", "--method", method, *flags], tmp_path / "out",
+        script=str(tmp_path / "toy.py"))
+    rows = metrics(tmp_path / "out")
+    assert [r["step"] for r in rows] == [1, 2] and all("cov/accuracy" in r for r in rows)
+    if method == "accuracy_first":
+        assert rows[0]["weight/conciseness"] == 0 and rows[0]["weight/accuracy"] in (1.0, 3.0)
+        assert all("score" in r for r in rows)
+    else:  # c_k |g_k| = 1/K for every objective
+        assert all(r["coef/accuracy"] > 0 and r["coef/clarity"] > 0 for r in rows)

@@ -4,8 +4,9 @@ The batch: a tiny random Qwen2 model (HF transformers, saved with save_pretraine
 prompts x G=4 fixed completions (some ending in EOS, one truncated), and fixed rewards on K=3 objectives. TRL runs
 its own code end to end: `rollout_func` (TRL's public hook for custom generation) hands it the fixed token ids, then
 `_generate_and_score_completions` pads them, calls the three reward functions, sums them with `reward_weights` and
-computes the group advantages, and `compute_loss` computes the loss, which we backpropagate. Our side: model.py's
-forward, kernels.token_logprobs, scalarize's linear method, loss.grpo_advantages and loss.policy_loss.
+computes the group advantages, and `compute_loss` computes the loss, which we backpropagate. Our side: train.py's
+log-prob path (rollout.completion_logprobs on model.py), scalarize's linear method, loss.grpo_advantages and
+loss.policy_loss.
 
 Settings that make the two the same algorithm (C = completion width, as in rollout.py; two TRL 1.16 defaults changed):
 - loss_type="dapo" (TRL's default): Σ token losses / tokens of the whole generation batch = our (verl's) token-mean.
@@ -20,10 +21,11 @@ import warnings
 import pytest
 import torch
 
+import arith
 import loss
+import rollout
 import scalarize
 import tasks
-from kernels import token_logprobs
 from model import Transformer
 
 trl = pytest.importorskip("trl", reason="TRL parity needs the trl package (pip install trl; Python >= 3.11)")
@@ -39,7 +41,7 @@ REWARDS = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0],  # prompt 0:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """(model dir, tokenizer, prompts, completions): the fixed batch, rows prompt-major."""
-    tok = tasks.arith_tokenizer()
+    tok = arith.tokenizer()
     cfg = transformers.Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                    tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
@@ -49,7 +51,7 @@ def case(tmp_path_factory):
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     g = torch.Generator().manual_seed(0)
-    first = len(tasks.ARITH_SPECIAL)  # ordinary tokens only, so nothing but the EOS we place ends a completion
+    first = len(arith.SPECIAL)  # ordinary tokens only, so nothing but the EOS we place ends a completion
     prompts = [torch.randint(first, len(tok), (n,), generator=g).tolist() for n in (5, 3)]
     completions = []
     for n in (4, 6, 2, 6, 1, 5, 6, 3):  # length 6 = C: truncated, no EOS
@@ -124,8 +126,9 @@ def test_loss_and_gradients_match_trl(case, tmp_path):
     assert torch.equal(inputs["completion_mask"].bool(), mask)
 
     ours = Transformer.from_pretrained(path)
-    hidden = ours(seq[:, :-1], attn_mask=attn[:, :-1], return_hidden=True)  # (N, P+C-1, hidden size)
-    logp = token_logprobs(hidden[:, Pw - 1:], ours.lm_head.weight, seq[:, Pw:], temperature=TEMPERATURE)  # (N, C)
+    batch = rollout.Rollout(sequences=seq, attn_mask=attn, prompt_width=Pw, completion_mask=mask,
+                            logprobs=torch.zeros(N, C), completions=completions)
+    logp = rollout.completion_logprobs(ours, batch, torch.arange(N), TEMPERATURE)  # (N, C), as train.py
     trl_logp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, seq, attn.long(), C)
     torch.testing.assert_close(logp * mask, trl_logp * mask, atol=1e-5, rtol=0)
 

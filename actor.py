@@ -1,0 +1,199 @@
+"""The policy update ("the actor", in verl's words): AdamW steps of the clipped policy loss over the mini-batches and
+micro-batches of a rollout, and the per-objective gradients and Gram matrix that gradient-level methods combine.
+
+    actor = Actor(model, optimizer, method, ...)            # once; model may be DDP- or FSDP2-wrapped
+    followed, stats = actor.update(batch, adv, objective_adv, old_logp, ref_logp)
+    w, unclipped = actor.clipped_weights(batch, followed, old_logp, ref_logp)    # CTWA's completion weight
+
+The loss is a token-mean over the GLOBAL mini-batch: each micro-batch's token-mean is scaled by its share of the
+mini-batch's valid tokens on all ranks (times the world size, since DDP averages gradients over ranks), so the update
+does not depend on the number of ranks or the micro-batch size. A gradient-level method (scalarize.py) gets the Gram
+matrix of the K per-objective gradients (under FSDP each rank adds its shard's partial Gram, and one all-reduce makes
+it exact) and returns coefficients c; the update direction is sum_k c_k g_k, written into the .grad of every
+parameter. The policy loss is linear in the advantage (on policy), so that update follows the advantage
+sum_k c_k A_k: `followed` records, for every row, the advantage its update followed, for the covariance statistic.
+A non-finite loss or gradient norm skips the optimizer step (counted in stats["skipped"]).
+"""
+import math
+import re
+
+import torch
+import torch.distributed as dist
+
+import ctwa
+import loss
+import rollout
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_sum(t):
+    """Sum a tensor over the ranks, in place (nothing to do in one process)."""
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def gather(t):
+    """Concatenate a tensor (n, ...) from every rank along dim 0, in rank order (identical on all ranks)."""
+    if world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def chunks(n, size):
+    """Row indices 0..n-1 in consecutive chunks of `size`."""
+    return [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def local(t):
+    """The local shard of an FSDP2 DTensor (the tensor itself without FSDP)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def layer_parameters(model, layers):
+    """The parameters of the decoder layers with these indices (names "...layers.<i>....", any wrapping)."""
+    wanted = {int(i) for i in layers}
+    found = [(int(m[1]), p) for name, p in model.named_parameters() if (m := re.search(r"layers\.(\d+)\.", name))]
+    missing = wanted - {i for i, _ in found}
+    if missing:
+        raise ValueError(f"target layers {sorted(missing)} do not exist: the model's layers are "
+                         f"0..{max(i for i, _ in found)}")
+    return [p for i, p in found if i in wanted]
+
+
+class Actor:
+    """The trained model (wrapped or not), its optimizer and the loss settings; eps_* / clip_c None = that clip off."""
+
+    def __init__(self, model, optimizer, method, *, temperature, eps_low, eps_high, clip_c, kl_coef, kl_type,
+                 entropy_coef, micro_batch, mini_batches, ppo_epochs, grad_clip, fsdp):
+        self.model, self.optimizer, self.method = model, optimizer, method
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # the Gram a method observes before the update may cover some layers only (dynamic weighting's target layers)
+        self.gram_params = self.params if method.target_layers is None else \
+            layer_parameters(model, method.target_layers)
+        self.temperature, self.eps_low, self.eps_high, self.clip_c = temperature, eps_low, eps_high, clip_c
+        self.kl_coef, self.kl_type, self.entropy_coef = kl_coef, kl_type, entropy_coef
+        self.micro_batch, self.mini_batches, self.ppo_epochs = micro_batch, mini_batches, ppo_epochs
+        self.grad_clip, self.fsdp = grad_clip if grad_clip > 0 else math.inf, fsdp
+        self.on_policy = mini_batches == 1 and ppo_epochs == 1  # one update per batch: ratio 1, old = current
+
+    def logprobs(self, batch):
+        """No-grad log-probs (n, C) of every row under the current policy."""
+        return rollout.rollout_logprobs(self.model, batch, self.micro_batch, self.temperature)
+
+    def _old(self, rows, logp, old_logp, ref_logp):
+        """The denominator of the ratio: pi_ref (PAMA), the current policy on policy (ratio 1), else pi_old."""
+        return ref_logp[rows] if self.method.ratio_to_reference else logp.detach() if self.on_policy else old_logp[rows]
+
+    def _loss(self, logp, old, adv, mask, ref_logp, rows, entropy=None):
+        return loss.policy_loss(logp, old, adv, mask, None if ref_logp is None else ref_logp[rows], self.eps_low,
+                                self.eps_high, self.clip_c, self.kl_coef, self.kl_type, entropy, self.entropy_coef)
+
+    def backward(self, batch, micro, adv, mb_tokens, old_logp, ref_logp, stats=None):
+        """Accumulate the policy-loss gradient over the micro-batches `micro` (token-mean over the global mini-batch
+        of mb_tokens valid tokens), adding the diagnostics to `stats`; returns this rank's share of the loss."""
+        total = torch.zeros((), device=batch.sequences.device)
+        for rows in micro:
+            logp, ent = rollout.completion_logprobs(self.model, batch, rows, self.temperature, with_entropy=True)
+            mask = batch.completion_mask[rows]
+            lval, m, _ = self._loss(logp, self._old(rows, logp, old_logp, ref_logp), adv[rows], mask, ref_logp, rows,
+                                    ent)
+            scale = mask.sum() * world_size() / mb_tokens  # DDP averages over ranks: this makes it a sum
+            (lval * scale).backward()
+            total += lval.detach() * scale / world_size()
+            if stats is not None:
+                stats["micro_steps"] += 1
+                for key in ("kl", "clipfrac", "entropy"):
+                    stats[key] += m[key].item()
+        return total
+
+    def objective_gradients(self, batch, micro, mb_tokens, objective_adv, old_logp, ref_logp, params, stats=None):
+        """Per-objective gradients g (K, P) over `params` (this rank's FSDP shards of them), their Gram (K, K) (FSDP:
+        the shards' partial Grams add up to the exact one) and losses (K,), each from its own objective's advantages."""
+        K = objective_adv.shape[1]
+        grads, losses = [], torch.zeros(K, device=objective_adv.device)
+        for k in range(K):
+            self.optimizer.zero_grad(set_to_none=True)
+            losses[k] = self.backward(batch, micro, objective_adv[:, k], mb_tokens, old_logp, ref_logp,
+                                      stats if k == 0 else None)
+            grads.append(torch.cat([local(p.grad).flatten() for p in params]))
+        g = torch.stack(grads)  # (K, P)
+        gram = g.double() @ g.double().T
+        return g, (all_sum(gram) if self.fsdp else gram), all_sum(losses)
+
+    def gram(self, batch, objective_adv, old_logp, ref_logp):
+        """The Gram matrix (K, K) of the per-objective gradients on this rank's whole batch before the update (over
+        the method's target layers), for methods that observe it (dynamic weighting)."""
+        rows = chunks(batch.completion_mask.size(0), self.micro_batch)
+        tokens = all_sum(batch.completion_mask.sum().float())
+        gram = self.objective_gradients(batch, rows, tokens, objective_adv, old_logp, ref_logp, self.gram_params)[1]
+        self.optimizer.zero_grad(set_to_none=True)
+        return gram
+
+    @torch.no_grad()
+    def objective_losses(self, batch, micro, mb_tokens, objective_adv, old_logp, ref_logp):
+        """Per-objective policy losses (K,) of a mini-batch at the current parameters, against pi_old (FAMO's losses
+        after the step)."""
+        K = objective_adv.shape[1]
+        losses = torch.zeros(K, device=objective_adv.device)
+        for rows in micro:
+            logp = rollout.completion_logprobs(self.model, batch, rows, self.temperature)
+            old = ref_logp[rows] if self.method.ratio_to_reference else old_logp[rows]
+            scale = batch.completion_mask[rows].sum() * world_size() / mb_tokens
+            for k in range(K):
+                lk = self._loss(logp, old, objective_adv[rows, k], batch.completion_mask[rows], ref_logp, rows)[0]
+                losses[k] += lk * scale / world_size()
+        return all_sum(losses)
+
+    def update(self, batch, adv, objective_adv, old_logp, ref_logp):
+        """Mini-batches x PPO epochs of AdamW steps on this rank's rows. adv (n,) for reward- and advantage-level
+        methods; gradient level: objective_adv (n, K) combined by the method's coefficients per mini-batch.
+        Returns the advantage each row's update followed (n,) and the loss diagnostics."""
+        mask, method = batch.completion_mask, self.method
+        n = mask.size(0)
+        followed = adv if adv is not None else torch.zeros(n, dtype=objective_adv.dtype, device=mask.device)
+        stats = dict(loss=0.0, grad_norm=0.0, kl=0.0, clipfrac=0.0, entropy=0.0, micro_steps=0, updates=0, skipped=0)
+        self.model.train()
+        for _ in range(self.ppo_epochs):
+            for mb in chunks(n, n // self.mini_batches):
+                mb_tokens = all_sum(mask[mb].sum().float())  # valid tokens of this mini-batch on all ranks
+                micro = [mb[r] for r in chunks(len(mb), self.micro_batch)]
+                if method.level == "gradient":  # d = sum_k c_k g_k from the Gram matrix (scalarize.py)
+                    g, gram, losses = self.objective_gradients(batch, micro, mb_tokens, objective_adv, old_logp,
+                                                               ref_logp, self.params, stats)
+                    coef = torch.as_tensor(method.coefficients(gram, losses)).to(g)  # (K,)
+                    direction, offset = coef @ g, 0  # (P,)
+                    for p in self.params:
+                        numel = local(p.grad).numel()
+                        local(p.grad).copy_(direction[offset:offset + numel].view_as(local(p.grad)))
+                        offset += numel
+                    total = coef.to(losses) @ losses
+                    followed[mb] = objective_adv[mb] @ coef.to(objective_adv)
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    total = all_sum(self.backward(batch, micro, adv, mb_tokens, old_logp, ref_logp, stats))
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+                if not (torch.isfinite(total) and torch.isfinite(grad_norm)):  # skip: the weights stay as they are
+                    stats["skipped"] += 1
+                    continue
+                self.optimizer.step()
+                if method.needs_losses_after:  # FAMO: the same mini-batch's losses after the step
+                    method.after_step(self.objective_losses(batch, micro, mb_tokens, objective_adv, old_logp,
+                                                            ref_logp))
+                stats["updates"] += 1
+                stats["loss"] += total.item()
+                stats["grad_norm"] += grad_norm.item()
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients: the next rollout's KV cache needs the memory
+        return followed, stats
+
+    def clipped_weights(self, batch, followed, old_logp, ref_logp):
+        """CTWA's completion-level clipped advantage weight w (n,) under the current (updated) policy, with the
+        update's own advantage, ratio and clip (ctwa.completion_weights), and the fraction of unclipped tokens."""
+        old = ref_logp if self.method.ratio_to_reference else old_logp
+        return ctwa.completion_weights(self.logprobs(batch), old, followed, batch.completion_mask, self.eps_low,
+                                       self.eps_high, self.method.w_agg)
