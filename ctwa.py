@@ -89,6 +89,9 @@ class CTWA(scalarize.Method):
     the first vector given (init_weights, cov_targets, obj_targets). The paper's targets (0.15 accuracy, 0.08 the
     others) and objective targets (1.0, then 0.95) generalise to any K as "the first objective, then the rest"."""
     name, clipped = "ctwa", False  # the paper's CTWA run is REINFORCE++ without clipping
+    # the paper's run (its official script: init 0.333/0.333/0.334, where the paper says equal weights)
+    PAPER_RUN = {"init_weights": [0.333, 0.333, 0.334], "cov_targets": [0.15, 0.08, 0.08],
+                 "obj_targets": [1.0, 0.95, 0.95]}
     HELP = {"init_weights": "initial weights, K floats (default uniform 1/K, the paper's 1/3 each)",
             "cov_targets": "covariance targets c*, K floats (default: the paper's 0.15 first objective, 0.08 the rest)",
             "lambda_lr": "step lambda on the log-weights", "ema_tau": "EMA rate tau of the covariance",

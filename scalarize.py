@@ -3,7 +3,8 @@
 A method turns per-objective rewards (N, K) into one learning signal at one of three levels:
   reward level     scalarize(rewards (N, K)) -> score (N,), then the usual advantage estimator
                    linear, tchebycheff, smooth_tchebycheff, smooth_tchebycheff_omd, dynamic (and ctwa.CTWA)
-  advantage level  combine(advantages (N, K), rewards (N, K)) -> advantages (N,): lagrangian, pama
+  advantage level  combine(advantages (N, K), rewards (N, K), weight (N,) or None) -> advantages (N,): lagrangian,
+                   pama (weight: a completion's tokens inside the reference's trust region, for ratio_to_reference)
   gradient level   coefficients(gram (K, K), losses (K,)) -> c (K,), update direction d = sum_k c_k g_k:
                    mgda, gradnorm, nash_mtl, famo, pcgrad, cagrad, raco
 Gradient-level methods see only the Gram matrix gram_ij = g_i . g_j of the per-objective LOSS gradients, so one
@@ -95,6 +96,8 @@ class Method:
     needs_statistic = None  # "cov" | "corr": the post-update statistic update() needs every step (ctwa)
     w_agg = "mean"  # how that statistic's completion weight averages its tokens
     ratio_to_reference = False  # the loss ratio is pi / pi_ref and there is no KL term (pama's Noon loss)
+    PAPER_RUN: dict = {}  # --task math500: where the paper's run of this method left the shared settings (flags or
+    #                       its own hyperparameters; App. F, else its official script)
     HELP: dict = {}
     LOGGED: dict = {"coef": "coef"}  # metric kind -> attribute holding a (K,) vector or a scalar
     _state: tuple = ()  # attributes saved by state_dict besides "skipped"
@@ -279,6 +282,7 @@ class Lagrangian(Method):
     advantage level as CTWA's code does, although its paper describes reward level). State: the multipliers lam (K,),
     0 at the primary objective."""
     name, level = "lagrangian", "advantage"
+    PAPER_RUN = {"kl_coef": 0.0, "constraints": [0.9, 0.9]}  # App. F: no KL loss; its script's targets
     HELP = {"primary": "index of the objective to maximise (0 = accuracy)",
             "constraints": "targets b for the other K-1 objectives in order (default 0.9 each, the CTWA script)",
             "dual_lr": "dual ascent step eta on the multipliers",
@@ -299,7 +303,8 @@ class Lagrangian(Method):
         self.dual_lr, self.max_multiplier, self.normalize = float(dual_lr), float(max_multiplier), bool(normalize)
         self.multipliers = torch.zeros(self.K, dtype=F64)  # multipliers[primary] stays 0
 
-    def combine(self, advantages, rewards):
+    def combine(self, advantages, rewards, weight=None):
+        """weight: per-completion weights, which the Lagrangian does not use (every completion counts once)."""
         A = _matrix(advantages, self.K, "advantages")
         means = _matrix(rewards, self.K, "rewards").mean(0).to("cpu", F64)
         lam = (self.multipliers + self.dual_lr * (self.targets - means)).clamp(0, self.max_multiplier)
@@ -323,28 +328,38 @@ def pama_value(a: torch.Tensor):
 
 
 class PAMA(Method):
-    """Noon-PPO advantages [A_k]_+, a_k = mean_n weight_n [A_nk]_+, c* from Theorem 1 on a, combined advantage
-    sum_k c*_k [A_nk]_+ (He & Maghsudi 2025, arXiv 2508.07768; the paper reading). variant "ctwa": every completion
-    gets the scalar s* (CTWA's port). Both use the Noon loss: ratio to the reference policy, no KL term."""
+    """Noon-PPO advantages [A_k]_+, a_k = mean_n weight_n [A_nk]_+, c* from Theorem 1 on a (He & Maghsudi 2025, arXiv
+    2508.07768). variant "paper": combined advantage sum_k c*_k [A_nk]_+ per completion, weight 1. variant "official"
+    (the CTWA code's update_policy_pama): every completion gets the scalar s*, and a_k is the token-mean over the batch
+    of [A_k]_+ 1[pi_old / pi_ref <= 1 + eps] (pass weight_n = such tokens of completion n / mean length). Both use the
+    Noon loss: ratio to the reference policy, no KL term."""
     name, level, ratio_to_reference = "pama", "advantage", True
-    HELP = {"variant": "paper (per completion sum_k c*_k [A_k]_+) | ctwa (the scalar s* for every completion)"}
+    PAPER_RUN = {"kl_coef": 0.0}  # the official update_policy_pama adds no KL term (use_kl_loss only loads pi_ref)
+    HELP = {"variant": "paper (per completion sum_k c*_k [A_k]_+) | official (the CTWA code: the scalar s* for every "
+                       "token, a_k over the tokens inside the reference's trust region)"}
     LOGGED = {"weight": "c", "a": "a", "s_star": "s"}
 
     def __init__(self, num_objectives, variant="paper"):
         super().__init__(num_objectives)
-        self.variant = _choice(variant, ("paper", "ctwa"), self._flag("variant"))
+        self.variant = _choice(variant, ("paper", "official"), self._flag("variant"))
         self.a, self.c, self.s = None, None, None
 
     def combine(self, advantages, rewards, weight=None):
-        """weight (N,): per-completion weight in a_k (default 1); pass (# tokens with pi_old/pi_ref <= 1 + eps) /
-        mean length to get CTWA's token-mean over unclipped tokens."""
+        """weight (N,): per-completion weight in a_k, used by the official variant (train.py passes its tokens with
+        pi_old/pi_ref <= 1 + eps_high, over the mean length)."""
         A = _matrix(advantages, self.K, "advantages").clamp(min=0)  # Noon: no negative advantages
-        w = torch.ones_like(A[:, 0]) if weight is None else torch.as_tensor(weight).to(A)
+        w = torch.ones_like(A[:, 0]) if weight is None or self.variant == "paper" else torch.as_tensor(weight).to(A)
         self.a = (w[:, None] * A).mean(0).to("cpu", F64)  # (K,)
         self.s, self.c = pama_value(self.a)
-        if self.variant == "ctwa":
+        if self.variant == "official":
             return torch.full_like(A[:, 0], self.s)
         return A @ self.c.to(A)
+
+
+def reference_trust_tokens(old_logp, ref_logp, mask, eps):
+    """Tokens (n,) of each completion with pi_old / pi_ref <= 1 + eps (the official PAMA's a_k counts only these)."""
+    u = (old_logp.float() - ref_logp.float()).clamp(-20, 20).exp()
+    return ((u <= 1 + eps) & mask.bool()).sum(1)
 
 
 # ------------------------------------------------------------------------------------------ dynamic weighting
@@ -354,14 +369,17 @@ class Dynamic(Method):
     (Gram row sums), w <- softmax(log w + mean(eta_t I_t) / mu) over each block of accumulation_steps steps (eta_t the
     policy learning rate), then s = sum_k w_k r_k with the new w. State: w and the accumulator."""
     name, clipped, needs_gram = "dynamic", False, True
+    PAPER_RUN = {"lr_schedule": "polynomial", "target_layers": range(10, 26)}  # its official script
     HELP = {"weights": "initial weights, K floats (default uniform)",
             "mu": "regularization mu: the exponent is lr * influence / mu",
-            "accumulation_steps": "steps of influence averaged per weight update"}
+            "accumulation_steps": "steps of influence averaged per weight update",
+            "target_layers": "decoder layers whose parameters form the per-objective gradients (default: all)"}
     LOGGED = {"weight": "weights"}
     _state = ("weights", "acc", "count")
 
-    def __init__(self, num_objectives, weights=None, mu=1e-5, accumulation_steps=1):
+    def __init__(self, num_objectives, weights=None, mu=1e-5, accumulation_steps=1, target_layers: list[int] = None):
         super().__init__(num_objectives)
+        self.target_layers = None if target_layers is None else [int(i) for i in target_layers]
         w = vector(1 / self.K if weights is None else weights, self.K, "weights", self._flag("weights"), nonneg=True)
         if not w.sum() > 0 or not mu > 0 or accumulation_steps < 1:
             raise ValueError("dynamic needs weights with a positive sum, mu > 0 and accumulation_steps >= 1")
@@ -441,6 +459,7 @@ def mgda_coeffs(gram: torch.Tensor) -> torch.Tensor:
 class MGDA(Method):
     """Multiple-gradient descent: the min-norm convex combination of the gradients (mgda_coeffs). Stateless."""
     name, level = "mgda", "gradient"
+    PAPER_RUN = {"kl_coef": 0.0}  # App. F: without the KL loss
 
     def _solve(self, gram):
         return mgda_coeffs(gram)
@@ -451,6 +470,7 @@ class GradNorm(Method):
     training rate (Chen et al. 2018, arXiv 1711.02257): w <- w - lr sign(w_k|g_k| - target_k)|g_k|, then sum w = K,
     updated before use; the coefficients are the weights. State: w, the starting and latest progress measures."""
     name, level = "gradnorm", "gradient"
+    PAPER_RUN = {"kl_coef": 0.0}  # its official script: use_kl_loss=False
     HELP = {"alpha": "restoring-force exponent alpha", "lr": "SGD step on the weights",
             "progress": "reward (training rate from reward deficits 1 - mean r_k, one step behind) | loss (the "
                         "paper's L_k/L_k(0), skipped while a ratio is not > 0)"}
@@ -535,6 +555,7 @@ def nash_mtl_coeffs(gram: torch.Tensor, max_norm: float = 0.0, eps: float = 1e-8
 class NashMTL(Method):
     """Nash bargaining over the objectives' improvements (nash_mtl_coeffs). Stateless (the solve is exact)."""
     name, level = "nash_mtl", "gradient"
+    PAPER_RUN = {"kl_coef": 0.0}  # its official script: use_kl_loss=False
     HELP = {"max_norm": "rescale alpha so |d| <= max_norm (reference 1.0; 0 = no rescale)"}
 
     def __init__(self, num_objectives, max_norm=1.0):
@@ -551,6 +572,7 @@ class FAMO(Method):
     xi takes an Adam step on z (delta - z.delta), delta_k = log D_k - log D'_k, the log-loss drop on the same
     mini-batch (as the official code: one logit update per mini-batch)."""
     name, level, needs_losses_after = "famo", "gradient", True
+    PAPER_RUN = {"kl_coef": 0.0, "weight_decay": 1e-5}  # its official script (FAMO's paper: decay 1e-3)
     HELP = {"lr": "Adam learning rate on the weight logits xi", "weight_decay": "Adam L2 weight decay on xi",
             "margin": "lower bound L* = loss - margin whenever a loss reaches its bound (signed RL losses)",
             "lower_bounds": "initial lower bounds L*, K floats (default: first losses - margin; paper 0)"}
@@ -731,10 +753,17 @@ def get_method(name: str, methods: dict | None = None):
 
 
 def hyperparameters(cls) -> dict:
-    """{name: (default, help)} for every keyword of cls.__init__ but num_objectives: one --<method>-<name> flag each
-    (a None or list/tuple default means a list of floats)."""
+    """{name: (default, help, kind)} for every keyword of cls.__init__ but num_objectives: one --<method>-<name> flag
+    each. kind: bool, int, float or str, or [float] / [int] for a vector (a None or list/tuple default; ints where the
+    annotation says list[int])."""
     params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: (p.default, cls.HELP[p.name]) for p in params if p.name not in ("self", "num_objectives")}
+
+    def kind(p):
+        if p.default is None or isinstance(p.default, (list, tuple)):
+            return [int] if "int" in str(p.annotation) else [float]
+        return type(p.default)
+
+    return {p.name: (p.default, cls.HELP[p.name], kind(p)) for p in params if p.name not in ("self", "num_objectives")}
 
 
 if __name__ == "__main__":

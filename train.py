@@ -65,10 +65,9 @@ parser.add_argument("--seed", type=int, default=0, help="seed for data order and
 # --- RL
 parser.add_argument("--adv", default=None, choices=loss.ESTIMATORS, help="advantage estimator")
 parser.add_argument("--grpo-mean-only", action="store_true", help="GRPO without std scaling (Dr.GRPO)")
-parser.add_argument("--clip-low", type=float, default=None, help="PPO ε_low; -1 = off (default 0.2, off for "
-                    + "/".join(sorted(n for n, c in METHODS.items() if not c.clipped)) + ")")
+parser.add_argument("--clip-low", type=float, default=None, help="PPO ε_low; -1 = off")
 parser.add_argument("--clip-high", type=float, default=None, help="PPO ε_high; -1 = off (default as --clip-low)")
-parser.add_argument("--clip-c", type=float, default=None, help="dual-clip constant c > 1; -1 = off (default 3)")
+parser.add_argument("--clip-c", type=float, default=None, help="dual-clip constant c > 1; -1 = off")
 parser.add_argument("--kl-coef", type=float, default=None, help="KL penalty to the frozen reference (0 = no ref)")
 parser.add_argument("--kl-type", default="k3", choices=["k1", "k2", "k3"], help="KL estimator (k3 = low_var_kl)")
 parser.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus coefficient")
@@ -101,35 +100,63 @@ parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else
 parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP under torchrun")
 parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
 parser.add_argument("--ref-offload", action="store_true", help="keep the reference model on CPU between uses")
-METHOD_DEFAULTS = {}  # (method, hyperparameter) -> its paper's default; a flag left at None takes it
+parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration (the keys of "
+                    "config.json) as one JSON object and exit, loading no model, tokenizer or data")
 for name, cls in METHODS.items():  # each method's hyperparameters, as --<method>-<name>
-    for hp, (default, help_text) in scalarize.hyperparameters(cls).items():
-        METHOD_DEFAULTS[name, hp] = default
-        flag, help_text = f"--{name}-{hp}".replace("_", "-"), f"{help_text} [default: {default}]"
-        if isinstance(default, bool):
+    for hp, (default, help_text, kind) in scalarize.hyperparameters(cls).items():
+        flag = f"--{name}-{hp}".replace("_", "-")
+        if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif default is None or isinstance(default, (list, tuple)):  # a vector: one float per objective
-            parser.add_argument(flag, type=float, nargs="+", default=None, help=help_text)
+        elif isinstance(kind, list):  # a vector: one value per objective (or per layer)
+            parser.add_argument(flag, type=kind[0], nargs="+", default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=help_text)
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def defaults(task, method):
+    """The default of every flag left at None, for this task and method: on math500 the method's own deviations from
+    the paper's shared settings (cls.PAPER_RUN: App. F, or its official script where the paper is silent), else the
+    task's (TASK_DEFAULTS), else the method's class default; PPO clipping as the paper ran the method."""
+    cls = METHODS[method]
+    out = {f"{n}_{hp}": d for n, c in METHODS.items() for hp, (d, _, _) in scalarize.hyperparameters(c).items()}
+    out.update(TASK_DEFAULTS[task], clip_low=0.2 if cls.clipped else -1, clip_c=3.0 if cls.clipped else -1)
+    if task == "math500":
+        own = scalarize.hyperparameters(cls)
+        out.update({f"{method}_{k}" if k in own else k: v for k, v in cls.PAPER_RUN.items()})
+    return out
+
+
+def describe(values):
+    """Method -> default, as help text: the common value, then the methods that differ."""
+    show = {m: f"{v.start}..{v.stop - 1}" if isinstance(v, range) else str(v) for m, v in values.items()}
+    common = max(show.values(), key=list(show.values()).count)
+    return common + "".join(f", {m}: {v}" for m, v in show.items() if v != common)
+
+
+for action in parser._actions:  # --help: the default of every flag resolved above, per task where it differs
+    owner = [m for m in METHODS if action.dest.startswith(m + "_") and action.dest[len(m) + 1:] in
+             scalarize.hyperparameters(METHODS[m])][-1:]  # a method's own hyperparameter, or a flag of every method
+    if action.dest in defaults("arith", "ctwa") and action.dest != "clip_high":
+        per_task = {t: describe({m: defaults(t, m)[action.dest] for m in owner or METHODS}) for t in TASK_DEFAULTS}
+        action.help += " [default " + ("; ".join(f"{t}: {d}" for t, d in per_task.items())
+                                       if len(set(per_task.values())) > 1 else per_task["arith"]) + "]"
 args = parser.parse_args()
-for key, value in TASK_DEFAULTS[args.task].items():
+for key, value in defaults(args.task, args.method).items():
     if getattr(args, key) is None:
-        setattr(args, key, value)
-for (name, hp), default in METHOD_DEFAULTS.items():
-    key = f"{name}_{hp}"
-    if getattr(args, key) is None:
-        setattr(args, key, TASK_DEFAULTS[args.task].get(key, default))
-clipped = METHODS[args.method].clipped  # -1 = off; the unclipped methods are the paper's REINFORCE runs
-args.clip_low = (0.2 if clipped else -1) if args.clip_low is None else args.clip_low
+        setattr(args, key, list(value) if isinstance(value, (range, tuple)) else value)
 args.clip_high = args.clip_low if args.clip_high is None else args.clip_high
-args.clip_c = (3.0 if clipped else -1) if args.clip_c is None else args.clip_c
 eps_low, eps_high, clip_c = (None if v < 0 else v for v in (args.clip_low, args.clip_high, args.clip_c))
+world = int(os.environ.get("WORLD_SIZE", 1))
+if args.dry_run:  # what config.json would hold; a hub id stays a name (resolving it would download)
+    model = arith.base_model(args.model or arith.BASE_MODELS[0]) if args.task == "arith" and (
+        args.model is None or args.model in arith.BASE_MODELS) else args.model
+    print(json.dumps({**vars(args), "objectives": list(tasks.OBJECTIVES), "world_size": world, "model_path": model}))
+    sys.exit(0)
 
 # ----------------------------------------------------------------------------- distributed init
 ddp = int(os.environ.get("RANK", -1)) != -1
 if ddp:
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if args.device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -411,7 +438,11 @@ for step in bar:
         adv = loss.advantages(scores, args.adv, G, lengths_all, not args.grpo_mean_only)[own]
         record["score"] = scores.mean().item()
     elif method.level == "advantage":
-        adv = method.combine(objective_adv, rewards)[own]
+        weight = None  # a method trained against pi_ref (PAMA) counts each completion's tokens in pi_ref's trust region
+        if method.ratio_to_reference:
+            trusted = scalarize.reference_trust_tokens(old_logp, ref_logp, batch.completion_mask, eps_high or math.inf)
+            weight = gather(trusted) / lengths_all.float().mean()  # (N,)
+        adv = method.combine(objective_adv, rewards, weight)[own]
     # ---- update
     followed, stats = actor.update(batch, adv, None if objective_adv is None else objective_adv[own], old_logp,
                                    ref_logp)

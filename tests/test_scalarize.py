@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import loss
 import scalarize as S
 
 F64 = torch.float64
@@ -101,12 +102,58 @@ def test_pama_oracles():
         assert val == pytest.approx(s) and c.sum() == pytest.approx(1) and (c >= 0).all()
     A = torch.tensor([[0.5, -0.2], [-0.3, 0.4]])  # sequence advantages of the two completions
     weight = torch.tensor([1.0, 3.0]) / 2.5  # unclipped tokens (u <= 1.2) per completion / mean length
-    m = S.PAMA(2, variant="ctwa")
+    m = S.PAMA(2, variant="official")
     close(m.combine(A, A, weight), [0.1, 0.1], 1e-6)
     close(m.a, [0.1, 0.24], 1e-6)
     assert m.c.tolist() == [1, 0]
-    m = S.PAMA(2)
-    close(m.combine(A, A, weight), [0.5, 0.0], 1e-6)  # c* [1, 0] on the clamped advantages
+    m = S.PAMA(2)  # the paper reading weighs every completion once: a = [0.25, 0.2], c* = [0, 1]
+    close(m.combine(A, A, weight), [0.0, 0.4], 1e-6)
+    close(m.a, [0.25, 0.2], 1e-6)
+
+
+def _official_pama_loss(R, mask, old_logp, ref_logp, logp, eps=0.2):
+    """A port of the official update_policy_pama, written from its description: per-objective REINFORCE++ advantages
+    (reward on the last valid token), a_j = token-mean over the batch of [A_j]_+ 1[pi_old / pi_ref <= 1 + eps],
+    s* = the projection of 0 onto [min a, max a], and the loss -s* min(rho, clip(rho)) with rho = pi / pi_ref,
+    token-mean, no dual clip, no KL."""
+    L = mask.sum(1)
+    A = []
+    for j in range(R.shape[1]):
+        tok = torch.zeros(mask.shape, dtype=torch.float64)
+        tok[torch.arange(len(L)), L - 1] = R[:, j]
+        A.append(loss.reinforce_pp_advantages(tok, mask))
+    A = torch.stack(A, -1)  # (B, T, M)
+    inside = (old_logp - ref_logp).clamp(-20, 20).exp() <= 1 + eps  # (B, T)
+    a = (mask[..., None] * A.clamp(min=0) * inside[..., None]).sum((0, 1)) / mask.sum()  # (M,)
+    s = 0.0 if a.min() <= 0 <= a.max() else float(a.min() if a.min() > 0 else a.max())
+    rho = (logp - ref_logp).clamp(-20, 20).exp()
+    token = -s * torch.minimum(rho, rho.clamp(1 - eps, 1 + eps))
+    return (token * mask).sum() / (mask.sum() + 1e-8), a
+
+
+def test_pama_official_variant_matches_a_port_of_the_official_update():
+    """On random batches: our path (loss.advantages, reference_trust_tokens, PAMA(variant="official").combine,
+    loss.policy_loss with the ratio to pi_ref) gives the port's a_j, loss and gradient."""
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(5):
+        B, T, M = 12, 7, 3
+        L = torch.randint(1, T + 1, (B,), generator=gen)
+        mask = torch.arange(T)[None] < L[:, None]
+        R = torch.randint(0, 2, (B, M), generator=gen).double()
+        ref = -3 * torch.rand(B, T, generator=gen, dtype=F64)
+        old = ref + 0.3 * torch.randn(B, T, generator=gen, dtype=F64)  # some tokens leave the trust region
+        logp = (old + 0.2 * torch.randn(B, T, generator=gen, dtype=F64)).requires_grad_()
+        port_loss, port_a = _official_pama_loss(R, mask, old, ref, logp)
+        port_grad, = torch.autograd.grad(port_loss, logp)
+        A = torch.stack([loss.advantages(R[:, j], "reinforce_pp", 4, L) for j in range(M)], 1)
+        weight = S.reference_trust_tokens(old, ref, mask, 0.2) / L.double().mean()
+        m = S.PAMA(M, variant="official")
+        adv = m.combine(A, R, weight)
+        ours = loss.policy_loss(logp, ref, adv, mask, None, 0.2, 0.2, 3.0)[0]
+        ours_grad, = torch.autograd.grad(ours, logp)
+        close(m.a, port_a.tolist(), 1e-10)
+        assert m.s > 0 and float(ours) == pytest.approx(float(port_loss), abs=1e-7)  # the loss kernel is fp32
+        torch.testing.assert_close(ours_grad.double(), port_grad, atol=1e-8, rtol=1e-5)
 
 
 def test_dynamic_oracle():
@@ -328,7 +375,7 @@ def test_bad_input():
         with pytest.raises(ValueError, match=f"has [0-9] entries, expected [23].*{flag}"):
             make()
     with pytest.raises(ValueError, match="one of"):
-        S.PAMA(2, variant="noon")
+        S.PAMA(2, variant="ctwa")
     bad = R.clone()
     bad[1, 2] = float("nan")
     for m in (S.Linear(3), S.SmoothTchebycheff(3)):

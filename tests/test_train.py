@@ -204,3 +204,39 @@ def test_a_method_registered_from_outside_trains(tiny_model, tmp_path, method):
         assert all("score" in r for r in rows)
     else:  # c_k |g_k| = 1/K for every objective
         assert all(r["coef/accuracy"] > 0 and r["coef/clarity"] > 0 for r in rows)
+
+
+def test_math500_dry_run_shows_the_paper_defaults(tmp_path):
+    """--task math500 --dry-run resolves the paper's shared settings and each method's own deviations, and exits 0
+    without a model, tokenizer or data (the README's table of math500 defaults is generated this way)."""
+    methods = ["ctwa", "dynamic", "linear", "mgda", "famo", "lagrangian", "gradnorm", "smooth_tchebycheff"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    procs = {m: subprocess.Popen([sys.executable, "train.py", "--task", "math500", "--method", m, "--dry-run",
+                                  "--out-dir", str(tmp_path / m)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+             for m in methods}
+    config = {}
+    for m, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, m
+        config[m] = c = json.loads(out)
+        assert (c["lr"], c["prompts_per_step"], c["group_size"], c["max_prompt_tokens"], c["max_new_tokens"],
+                c["mini_batches"], c["steps"], c["adv"], c["kl_type"]) == (1e-6, 32, 16, 1024, 1024, 2, 810,
+                                                                         "reinforce_pp", "k3"), m
+        assert c["lr_schedule"] == ("polynomial" if m == "dynamic" else "constant"), m
+        assert c["kl_coef"] == (0.0 if m in ("mgda", "famo", "lagrangian", "gradnorm") else 0.001), m
+        clips = (c["clip_low"], c["clip_high"], c["clip_c"])
+        assert clips == ((-1, -1, -1) if m in ("ctwa", "dynamic", "linear") else (0.2, 0.2, 3.0)), m
+        assert not os.path.exists(tmp_path / m)  # nothing written
+    # each method's own values (App. F, else its official script)
+    c = config["ctwa"]
+    assert (c["ctwa_init_weights"], c["ctwa_cov_targets"], c["ctwa_lambda_lr"], c["ctwa_ema_tau"]) == \
+        ([0.333, 0.333, 0.334], [0.15, 0.08, 0.08], 0.05, 0.1)
+    assert config["dynamic"]["dynamic_target_layers"] == list(range(10, 26))
+    assert (config["gradnorm"]["gradnorm_alpha"], config["gradnorm"]["gradnorm_lr"]) == (1.5, 0.025)
+    c = config["lagrangian"]
+    assert (c["lagrangian_constraints"], c["lagrangian_dual_lr"]) == ([0.9, 0.9], 0.01)
+    c = config["smooth_tchebycheff"]
+    assert (c["smooth_tchebycheff_omd_lr"], c["smooth_tchebycheff_init"]) == (0.3, "preference")
+    arith = json.loads(subprocess.run([sys.executable, "train.py", "--method", "dynamic", "--dry-run"], cwd=ROOT,
+                                      env=env, capture_output=True, text=True, timeout=120).stdout)
+    assert arith["dynamic_target_layers"] is None and arith["lr_schedule"] == "constant"  # arith: every layer

@@ -1,0 +1,130 @@
+"""actor.py's policy update against independent references on a tiny model: FAMO's per-mini-batch logit updates,
+dynamic weighting's target layers, and a gradient-level update with fixed coefficients equal to the advantage-level
+combination sum_k c_k A_k.
+
+    python -m pytest -q tests/test_actor.py
+"""
+import copy
+
+import pytest
+import torch
+
+import loss
+import rollout
+import scalarize
+from actor import Actor
+from model import ModelConfig, Transformer
+
+K, G = 3, 4
+SETTINGS = dict(temperature=1.0, eps_low=0.2, eps_high=0.2, clip_c=3.0, kl_coef=0.0, kl_type="k3", entropy_coef=0.0,
+                ppo_epochs=1, grad_clip=1.0, fsdp=False)
+
+
+@pytest.fixture(scope="module")
+def case():
+    """A random 2-layer model, a rollout of 4 prompts x G=4 (rows prompt-major) and per-objective advantages."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 40, (n,), generator=g).tolist() for n in (3, 5, 2, 4)]
+    batch = rollout.generate(model, prompts, 6, group_size=G, eos_ids=(1,), generator=g)
+    N = batch.sequences.size(0)
+    rewards = torch.randint(0, 2, (N, K), generator=g).float()
+    lengths = batch.completion_mask.sum(1)
+    objective_adv = torch.stack([loss.advantages(rewards[:, k], "reinforce_pp", G, lengths) for k in range(K)], 1)
+    return model, batch, objective_adv
+
+
+def actor_for(model, method, mini_batches=1, micro_batch=5):
+    # plain SGD: the weights then differ from a reference's exactly as the gradients do (Adam's first step is ~lr *
+    # sign(g), which turns rounding in a gradient of ~1e-9 into a visible difference)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return Actor(model, optimizer, method, micro_batch=micro_batch, mini_batches=mini_batches, **SETTINGS)
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_famo_updates_per_mini_batch_on_the_same_mini_batch(case):
+    """Two mini-batches: FAMO's coefficients from each mini-batch's losses, its logit step from the same mini-batch's
+    losses after that optimizer step; a reference written out with torch.autograd.grad on whole mini-batches."""
+    model, batch, A = case
+    ours, reference = copy.deepcopy(model), copy.deepcopy(model)
+    famo, famo_ref = scalarize.FAMO(K), scalarize.FAMO(K)
+    actor_for(ours, famo, mini_batches=2, micro_batch=3).update(batch, None, A, batch.logprobs, None)
+
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    ps, mask, N = list(reference.parameters()), batch.completion_mask, batch.sequences.size(0)
+
+    def losses(rows):  # (K,) token-mean policy losses of a whole mini-batch against the sampler's log-probs
+        logp = rollout.completion_logprobs(reference, batch, rows)
+        return torch.stack([loss.policy_loss(logp, batch.logprobs[rows], A[rows, k], mask[rows])[0] for k in range(K)])
+
+    for rows in (torch.arange(N // 2), torch.arange(N // 2, N)):
+        L = losses(rows)
+        grads = [torch.cat([g.flatten() for g in torch.autograd.grad(L[k], ps, retain_graph=True)]) for k in range(K)]
+        Gm = torch.stack(grads)  # (K, P)
+        c = famo_ref.coefficients(Gm.double() @ Gm.double().T, L.detach())
+        direction = c.float() @ Gm
+        offset = 0
+        for p in ps:
+            p.grad = direction[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        torch.nn.utils.clip_grad_norm_(ps, 1.0)
+        opt.step()
+        with torch.no_grad():
+            famo_ref.after_step(losses(rows))
+    assert famo.t == famo_ref.t == 2  # two logit updates per step, one per mini-batch
+    torch.testing.assert_close(famo.xi, famo_ref.xi, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(params(ours), params(reference), rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_target_layers_restrict_the_gram(case):
+    """Scaling the gradients of layer 1 changes the all-parameter Gram and dynamic weighting's step, but not the Gram
+    over target layer 0 nor the weights it gives."""
+    model, batch, A = case
+    grams, weights = {}, {}
+    for layers in (None, [0]):
+        for scale in (1.0, 3.0):
+            net = copy.deepcopy(model)
+            hooks = [p.register_hook(lambda g: g * scale) for p in net.model.layers[1].parameters()]
+            method = scalarize.Dynamic(K, mu=1e-3, target_layers=layers)
+            actor = actor_for(net, method)
+            grams[layers is None, scale] = gram = actor.gram(batch, A, batch.logprobs, None)
+            method.observe_gram(gram, 1e-2)
+            weights[layers is None, scale] = method.weights
+            for h in hooks:
+                h.remove()
+    assert not torch.allclose(grams[True, 1.0], grams[True, 3.0], rtol=1e-3)  # layer 1 is part of the full Gram
+    assert not torch.allclose(weights[True, 1.0], weights[True, 3.0], rtol=1e-6)
+    torch.testing.assert_close(grams[False, 1.0], grams[False, 3.0])
+    torch.testing.assert_close(weights[False, 1.0], weights[False, 3.0])
+    with pytest.raises(ValueError, match="target layers \\[7\\] do not exist"):
+        actor_for(copy.deepcopy(model), scalarize.Dynamic(K, target_layers=[0, 7]))
+
+
+class FixedCoefficients(scalarize.Method):
+    """A gradient-level method that always returns the same coefficients."""
+    name, level = "fixed", "gradient"
+
+    def __init__(self, num_objectives, c=(0.5, -0.2, 1.3)):
+        super().__init__(num_objectives)
+        self.c = torch.tensor(c, dtype=torch.float64)
+
+    def _solve(self, gram):
+        return self.c
+
+
+def test_fixed_coefficients_equal_the_advantage_combination(case):
+    """On policy the loss is linear in the advantage, so sum_k c_k g_k is the gradient of the loss with advantage
+    sum_k c_k A_k: one update each way gives the same weights, and the update follows that advantage."""
+    model, batch, A = case
+    c = torch.tensor([0.5, -0.2, 1.3])
+    grad_level, adv_level = copy.deepcopy(model), copy.deepcopy(model)
+    followed, _ = actor_for(grad_level, FixedCoefficients(K)).update(batch, None, A, batch.logprobs, None)
+    actor_for(adv_level, scalarize.Linear(K)).update(batch, A @ c, None, batch.logprobs, None)
+    torch.testing.assert_close(followed, A @ c)
+    torch.testing.assert_close(params(grad_level), params(adv_level), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(params(grad_level), params(model))  # the update did move the weights
