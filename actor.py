@@ -126,14 +126,36 @@ class Actor:
         gram = g.double() @ g.double().T
         return g, (all_sum(gram) if self.fsdp else gram), all_sum(losses)
 
+    def batch_gradients(self, batch, objective_adv, old_logp, ref_logp, params=None):
+        """Per-objective loss gradients g (K, P) and their Gram (K, K) on this rank's whole batch at the current
+        parameters, over `params` (default: every trained parameter); the .grad buffers are left empty."""
+        rows = chunks(batch.completion_mask.size(0), self.micro_batch)
+        tokens = all_sum(batch.completion_mask.sum().float())
+        g, gram, _ = self.objective_gradients(batch, rows, tokens, objective_adv, old_logp, ref_logp,
+                                              self.params if params is None else params)
+        self.optimizer.zero_grad(set_to_none=True)
+        return g, gram
+
     def gram(self, batch, objective_adv, old_logp, ref_logp):
         """The Gram matrix (K, K) of the per-objective gradients on this rank's whole batch before the update (over
         the method's target layers), for methods that observe it (dynamic weighting)."""
-        rows = chunks(batch.completion_mask.size(0), self.micro_batch)
-        tokens = all_sum(batch.completion_mask.sum().float())
-        gram = self.objective_gradients(batch, rows, tokens, objective_adv, old_logp, ref_logp, self.gram_params)[1]
-        self.optimizer.zero_grad(set_to_none=True)
-        return gram
+        return self.batch_gradients(batch, objective_adv, old_logp, ref_logp, self.gram_params)[1]
+
+    def flat_parameters(self):
+        """This rank's trained parameters (its FSDP shards) as one vector (P,), a copy."""
+        return torch.cat([local(p).detach().flatten() for p in self.params])
+
+    def first_order_change(self, g, before):
+        """The covariance law with shared parameters (paper Thm C.2, first order): objective k's surrogate changes by
+        <-g_k, theta_now - theta_before> for the step the optimizer actually made (AdamW's preconditioning included).
+        g (K, P): the objectives' loss gradients at theta_before (batch_gradients), before (P,): flat_parameters()
+        then. Returns that predicted change (K,) and the cosine between -g_k and the step (K,)."""
+        step = self.flat_parameters() - before  # (P,)
+        sums = torch.cat([-(g @ step), g.square().sum(1), step.square().sum()[None]]).double()  # (2K + 1,)
+        sums = all_sum(sums) if self.fsdp else sums  # FSDP: each rank holds a shard of every vector
+        K = g.shape[0]
+        change = sums[:K]
+        return change, change / (sums[K:2 * K].sqrt() * sums[2 * K].sqrt()).clamp(min=1e-30)
 
     @torch.no_grad()
     def objective_losses(self, batch, micro, mb_tokens, objective_adv, old_logp, ref_logp):

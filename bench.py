@@ -347,7 +347,7 @@ def bench_train(args):
     S = s["steps"]
     seed, t_start, load_start = args.seed, time.perf_counter(), os.getloadavg()[0]
     tokenizer = arith.tokenizer()
-    train_set = arith.load_task("train", tokenizer, seed=seed)
+    train_set = arith.load_task("train", tokenizer)
     order = torch.randperm(len(train_set.prompts), generator=torch.Generator().manual_seed(seed))  # train.py, epoch 0
     order = order[:S * s["prompts"]].tolist()
     prompts = [train_set.prompts[i] for i in order]

@@ -83,6 +83,15 @@ def covariance_statistic(rewards: torch.Tensor, w: torch.Tensor, group_size: int
             "w_std": float(kept.std(correction=0)) if kept.numel() else 0.0, "n_groups": n_groups}
 
 
+def probe_value(seq_logp: torch.Tensor, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The policy's expected reward on a fixed probe set, per objective (K,): each probe prompt has `group_size` scored
+    candidate completions (rows prompt-major) with sequence log-probs seq_logp (N,) under the policy; the policy's
+    probability renormalised over a prompt's candidates weighs their rewards (N, K); mean over prompts. Teacher-forced
+    and exact, so its change across one step is the realised change of each objective, step by step."""
+    p = torch.softmax(seq_logp.double().view(-1, group_size), dim=1)  # (P, G)
+    return (p.unsqueeze(-1) * rewards.double().view(p.shape[0], group_size, -1)).sum(1).mean(0)  # (K,)
+
+
 class CTWA(scalarize.Method):
     """Reward-level s = sum_k w_k r_k whose weights grow in log space while the EMA of Cov(r_k, w_clip) is below its
     target (Lu & Jiang 2026, §5): log w += lambda relu(c* - e) 1[mean r < o*]. K is num_objectives, else the length of
@@ -97,7 +106,8 @@ class CTWA(scalarize.Method):
             "lambda_lr": "step lambda on the log-weights", "ema_tau": "EMA rate tau of the covariance",
             "obj_targets": "freeze w_k once the batch mean of r_k reaches o*_k, K floats (default 1.0 first, 0.95 the "
                            "rest, the official code's; inf = never freeze)",
-            "signal": "what CTWA targets: cov (the paper) | corr (the correlation)",
+            "signal": "what CTWA targets: cov (the paper's Cov(r_k, w_clip)) | corr (the correlation) | grad (the "
+                      "cosine of objective k's policy gradient with the update the optimizer made, beyond the paper)",
             "w_agg": "completion weight from token weights: mean | mean_unclipped | sum"}
     LOGGED = {"weight": "weights", "ema": "ema", "deficit": "deficit"}
     _state = ("log_w", "ema", "deficit")
@@ -119,7 +129,7 @@ class CTWA(scalarize.Method):
                                             "cov_targets", self._flag("cov_targets"))
         self.obj_targets = scalarize.vector(first_then_rest(1.0, 0.95) if obj_targets is None else obj_targets, K,
                                             "obj_targets", self._flag("obj_targets"), finite=False)
-        self.needs_statistic = scalarize._choice(signal, ("cov", "corr"), self._flag("signal"))
+        self.needs_statistic = scalarize._choice(signal, ("cov", "corr", "grad"), self._flag("signal"))
         self.w_agg = scalarize._choice(w_agg, ("mean", "mean_unclipped", "sum"), self._flag("w_agg"))
         self.lambda_lr, self.ema_tau = float(lambda_lr), float(ema_tau)
         self.ema, self.deficit = None, torch.zeros(K, dtype=F64)
@@ -133,8 +143,8 @@ class CTWA(scalarize.Method):
         return r @ self.weights.to(r)  # (N,)
 
     def update(self, statistic, objective_means):
-        """statistic (K,): this step's prompt-averaged Cov(r_k, w) (or Corr, signal="corr"); objective_means (K,):
-        batch means of r_k."""
+        """statistic (K,): this step's prompt-averaged Cov(r_k, w) (Corr for signal="corr", the gradient cosine for
+        signal="grad"); objective_means (K,): batch means of r_k."""
         v, means = scalarize._means(statistic, self.K, "statistic"), scalarize._means(objective_means, self.K, "means")
         if v is None or means is None:
             return self._skip(f"statistic {statistic} or objective means {objective_means} are not {self.K} finite "

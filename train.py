@@ -45,11 +45,11 @@ METHODS = {**scalarize.METHODS, "ctwa": ctwa.CTWA}
 TASK_DEFAULTS = {
     "arith": dict(steps=60, prompts_per_step=16, group_size=8, lr=1e-4, lr_schedule="constant",
                   adv="reinforce_pp", kl_coef=0.0, max_prompt_tokens=64, max_new_tokens=40, micro_batch=64,
-                  mini_batches=1, eval_interval=10, eval_prompts=None, checkpoint_interval=20,
+                  mini_batches=1, eval_interval=10, eval_prompts=None, checkpoint_interval=20, law_interval=1,
                   ctwa_cov_targets=[0.3, 0.08, 0.08], ctwa_lambda_lr=0.5),
     "math500": dict(steps=810, prompts_per_step=32, group_size=16, lr=1e-6, lr_schedule="constant",
                     adv="reinforce_pp", kl_coef=0.001, max_prompt_tokens=1024, max_new_tokens=1024, micro_batch=16,
-                    mini_batches=2, eval_interval=5, eval_prompts=100, checkpoint_interval=100),
+                    mini_batches=2, eval_interval=5, eval_prompts=100, checkpoint_interval=100, law_interval=0),
 }
 
 # ----------------------------------------------------------------------------- flags
@@ -89,11 +89,17 @@ parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm 
 parser.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts are dropped")
 parser.add_argument("--max-new-tokens", type=int, default=None, help="completion length limit")
 # --- evaluation, checkpoints, logging
-parser.add_argument("--eval-interval", type=int, default=None, help="greedy test-split eval every N steps (0 = off)")
-parser.add_argument("--eval-prompts", type=int, default=None, help="test prompts per evaluation")
+parser.add_argument("--eval-interval", type=int, default=None, help="greedy eval every N steps (0 = off)")
+parser.add_argument("--eval-prompts", type=int, default=None, help="prompts per evaluation (default: the whole split)")
+parser.add_argument("--eval-split", default="test", choices=["test", "val"], help="evaluate on the test split (what "
+                    "results report) or the validation split (what hyperparameters are chosen on)")
 parser.add_argument("--checkpoint-interval", type=int, default=None, help="save every N steps (and at the end)")
 parser.add_argument("--cov-interval", type=int, default=1, help="log Cov(reward, clipped weight) every N steps "
                     "(one extra forward; methods that use it compute it every step)")
+parser.add_argument("--law-interval", type=int, default=None, help="test the covariance law every N steps (0 = off): "
+                    "each objective's first-order change <-g_k, step> and its realised change on a held-out probe set")
+parser.add_argument("--probe-prompts", type=int, default=32, help="held-out (val) prompts of the law's probe set")
+parser.add_argument("--probe-samples", type=int, default=8, help="scored candidates per probe prompt (base model's)")
 parser.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this wandb project")
 # --- system
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -150,7 +156,8 @@ world = int(os.environ.get("WORLD_SIZE", 1))
 if args.dry_run:  # what config.json would hold; a hub id stays a name (resolving it would download)
     model = arith.base_model(args.model or arith.BASE_MODELS[0]) if args.task == "arith" and (
         args.model is None or args.model in arith.BASE_MODELS) else args.model
-    print(json.dumps({**vars(args), "objectives": list(tasks.OBJECTIVES), "world_size": world, "model_path": model}))
+    print(json.dumps({**vars(args), "objectives": list(tasks.OBJECTIVES), "world_size": world, "model_path": model,
+                      "argv": sys.argv[1:]}))
     sys.exit(0)
 
 # ----------------------------------------------------------------------------- distributed init
@@ -195,7 +202,7 @@ def resolve_model(name):
 
 def load_split(split, num_prompts=None):
     if args.task == "arith":
-        return arith.load_task(split, tokenizer, seed=args.seed, num_prompts=num_prompts)
+        return arith.load_task(split, tokenizer, num_prompts=num_prompts)
     return tasks.load_math500(split, tokenizer, data_path=args.data_path, num_prompts=num_prompts)
 
 
@@ -212,8 +219,8 @@ if ddp:
 model_path = resolve_model(args.model) if not master else model_path
 tokenizer = tasks.load_tokenizer(model_path)
 eos_ids = tasks.eos_ids(model_path, tokenizer)
-train_set, test_set = load_split("train"), load_split("test", args.eval_prompts)
-for split in (train_set, test_set):  # drop overlong prompts, as the reference's filter_overlong_prompts
+train_set, eval_set = load_split("train"), load_split(args.eval_split, args.eval_prompts)
+for split in (train_set, eval_set):  # drop overlong prompts, as the reference's filter_overlong_prompts
     keep = [i for i, p in enumerate(split.prompts) if len(p) <= args.max_prompt_tokens]
     if len(keep) < len(split.prompts) and master:
         print(f"{split.split}: dropped {len(split.prompts) - len(keep)} prompts longer than --max-prompt-tokens")
@@ -334,18 +341,39 @@ def reference_logprobs(batch):
 def evaluate():
     """Greedy completions for this rank's share of the test prompts; returns global means per objective + length."""
     policy.eval()
-    idx = list(range(rank, len(test_set.prompts), world))
+    idx = list(range(rank, len(eval_set.prompts), world))
     sums = torch.zeros(K + 2, dtype=torch.float64)
     if idx:
-        batch = sample([test_set.prompts[i] for i in idx], -1, 0, 0.0, 1)
+        batch = sample([eval_set.prompts[i] for i in idx], -1, 0, 0.0, 1)
         lengths = batch.completion_mask.sum(1).tolist()
-        r = scorer.score(decode(batch), lengths, [test_set.answers[i] for i in idx], train=False)  # (n, K)
+        r = scorer.score(decode(batch), lengths, [eval_set.answers[i] for i in idx], train=False)  # (n, K)
         sums[:K] = r.double().sum(0)
         sums[K], sums[K + 1] = sum(lengths), len(idx)
     sums = all_sum(sums.to(device)).cpu()
     result = {f"eval/{o}": (sums[k] / sums[K + 1]).item() for k, o in enumerate(objectives)}
     result["eval/response_length"] = (sums[K] / sums[K + 1]).item()
     return result
+
+
+def build_probe():
+    """The covariance-law probe: --probe-samples completions of the base model (not the policy, so a resumed run
+    rebuilds the same set) for each of --probe-prompts held-out prompts, scored once; conciseness against their mean
+    length. Returns (rollout, rewards (N, K))."""
+    split = load_split("val", args.probe_prompts)
+    base = Transformer.from_pretrained(model_path).to(device).eval()
+    gens = [torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + i) for i in range(len(split.prompts))]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        probe = rollout.generate(base, split.prompts, args.max_new_tokens, temperature=1.0, eos_ids=eos_ids,
+                                 group_size=args.probe_samples, generator=gens, pad_id=tokenizer.pad_token_id or 0)
+    lengths = probe.completion_mask.sum(1).tolist()
+    answers = [a for a in split.answers for _ in range(args.probe_samples)]
+    return probe, tasks.score(decode(probe), lengths, answers, sum(lengths) / len(lengths)).to(device)
+
+
+def probe_value():
+    """Each objective's expected reward (K,) under the policy on the probe set (ctwa.probe_value)."""
+    seq_logp = (actor.logprobs(probe) * probe.completion_mask).sum(1)  # (N,) sequence log-probs
+    return ctwa.probe_value(seq_logp, probe_rewards, args.probe_samples)
 
 
 # ----------------------------------------------------------------------------- run folder: config, log, checkpoints
@@ -358,8 +386,8 @@ if resume_dir:
 if master:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump({**vars(args), "objectives": objectives, "world_size": world, "model_path": model_path}, f,
-                  indent=1)
+        json.dump({**vars(args), "objectives": objectives, "world_size": world, "model_path": model_path,
+                   "argv": sys.argv[1:]}, f, indent=1)
     metrics = checkpoint.MetricsLog(out_dir, start_step if resume_dir else None)
 wandb_run = None
 if args.wandb and master:
@@ -397,6 +425,10 @@ def log(record):
 
 
 # ----------------------------------------------------------------------------- training
+probe = None
+if args.law_interval > 0:
+    probe, probe_rewards = build_probe()
+    probe_before = probe_value()
 bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not master,
            dynamic_ncols=True)
 if start_step == 0 and args.eval_interval > 0:
@@ -421,8 +453,9 @@ for step in bar:
     if not torch.isfinite(rewards).all():
         raise SystemExit("non-finite rewards: a reward function returned NaN/inf")
     # ---- method signal -> advantages, on the global batch (every rank the same)
+    law = (probe is not None and (step + 1) % args.law_interval == 0) or method.needs_statistic == "grad"
     objective_adv = None  # (N, K) one advantage per objective, each from its own reward
-    if method.level != "reward" or method.needs_gram:
+    if method.level != "reward" or method.needs_gram or law:
         objective_adv = torch.stack([loss.advantages(rewards[:, k], args.adv, G, lengths_all, not args.grpo_mean_only)
                                      for k in range(K)], 1)
     # old log-probs: used once (one mini-batch, one epoch) the loss needs none (verl's on-policy shortcut, ratio 1), and
@@ -443,6 +476,9 @@ for step in bar:
             trusted = scalarize.reference_trust_tokens(old_logp, ref_logp, batch.completion_mask, eps_high or math.inf)
             weight = gather(trusted) / lengths_all.float().mean()  # (N,)
         adv = method.combine(objective_adv, rewards, weight)[own]
+    if law:  # the law's inputs before the update: each objective's loss gradient, and the weights
+        law_grads, before = actor.batch_gradients(batch, objective_adv[own], old_logp, ref_logp)[0], \
+            actor.flat_parameters()
     # ---- update
     followed, stats = actor.update(batch, adv, None if objective_adv is None else objective_adv[own], old_logp,
                                    ref_logp)
@@ -457,6 +493,15 @@ for step in bar:
         record.update({f"{kind}/{o}": stat[kind][k].item() for kind in ("cov", "corr")
                        for k, o in enumerate(objectives)})
         record["unclip_frac"] = unclip_frac
+    if law:  # the shared-parameter law: predicted change <-g_k, step>; realised change on the probe set
+        predicted, stat["grad"] = actor.first_order_change(law_grads, before)
+        record.update({f"law/{kind}/{o}": v[k].item() for kind, v in (("grad", predicted), ("cos", stat["grad"]))
+                       for k, o in enumerate(objectives)})
+        if probe is not None:
+            probe_after = probe_value()
+            record.update({f"{kind}/{o}": v[k].item() for kind, v in (("probe", probe_after),
+                           ("law/probe", probe_after - probe_before)) for k, o in enumerate(objectives)})
+            probe_before = probe_after
     # ---- method update (methods keep their state on the CPU)
     objective_means = rewards.mean(0)
     method.update(stat.get(method.needs_statistic), objective_means)

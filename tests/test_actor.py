@@ -128,3 +128,28 @@ def test_fixed_coefficients_equal_the_advantage_combination(case):
     torch.testing.assert_close(followed, A @ c)
     torch.testing.assert_close(params(grad_level), params(adv_level), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(params(grad_level), params(model))  # the update did move the weights
+
+
+def test_first_order_change_matches_finite_differences(case):
+    """Statistic (b) of the covariance-law test: <-g_k, step> predicts the change of objective k's surrogate for a
+    plain-SGD step, with an error that shrinks like the step squared (halving the step quarters it)."""
+    model, batch, A = case
+    rows = [torch.arange(batch.sequences.size(0))]
+    tokens = batch.completion_mask.sum().float()
+    errors = []
+    for lr in (0.4, 0.2, 0.1):
+        net = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        actor = Actor(net, optimizer, scalarize.Linear(K), micro_batch=64, mini_batches=1,
+                      **{**SETTINGS, "eps_low": None, "eps_high": None, "clip_c": None, "grad_clip": 0.0})
+        surrogate = lambda: -actor.objective_losses(batch, rows, tokens, A, batch.logprobs, None)  # noqa: E731
+        g, _ = actor.batch_gradients(batch, A, batch.logprobs, None)
+        before, value_before = actor.flat_parameters(), surrogate()
+        actor.update(batch, A @ torch.tensor([0.6, 0.3, 0.1]), None, batch.logprobs, None)
+        predicted, cosine = actor.first_order_change(g, before)
+        realised = surrogate() - value_before  # (K,)
+        assert (predicted.sign() == realised.sign()).all() and (cosine.abs() <= 1).all()
+        errors.append((predicted - realised.double()).abs().max().item())
+        if lr == 0.1:
+            assert errors[-1] < 0.05 * realised.abs().max().item()
+    assert errors[0] / errors[1] > 3 and errors[1] / errors[2] > 3  # O(step^2): ~4x per halving

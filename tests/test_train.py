@@ -67,9 +67,23 @@ def test_every_method_runs_three_steps(tiny_model, tmp_path, method):
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        for key in ("reward/accuracy", "reward/conciseness", "reward/clarity", "cov/accuracy", "loss", "grad_norm"):
+        for key in ("reward/accuracy", "reward/conciseness", "reward/clarity", "cov/accuracy", "loss", "grad_norm",
+                    "law/grad/accuracy", "law/cos/clarity", "probe/accuracy", "law/probe/conciseness"):
             assert torch.isfinite(torch.tensor(r[key])), (key, r)
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "step-3").values())
+
+
+def test_ctwa_gradient_signal(tiny_model, tmp_path):
+    """--ctwa-signal grad: CTWA targets the cosine of each objective's policy gradient with the update made (computed
+    even with the law test off), and its weights move on it."""
+    run(["--model", tiny_model, *TINY, "--ctwa-signal", "grad", "--ctwa-cov-targets", "0.9", "0.9", "0.9",
+         "--law-interval", "0"], tmp_path)
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("law/cos/accuracy" in r and "probe/accuracy" not in r
+                                                          for r in rows)
+    for r in rows:  # EMA of the cosine below the 0.9 target: every weight grows by lambda * deficit
+        assert all(abs(r[f"law/cos/{o}"]) <= 1 and r[f"deficit/{o}"] > 0 for o in ("accuracy", "clarity"))
+    assert rows[-1]["weight/accuracy"] > rows[0]["weight/accuracy"]
 
 
 def test_ddp_two_processes_match_one(tiny_model, tmp_path):
