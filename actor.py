@@ -106,10 +106,10 @@ class Actor:
             scale = mask.sum() * world_size() / mb_tokens  # DDP averages over ranks: this makes it a sum
             (lval * scale).backward()
             total += lval.detach() * scale / world_size()
-            if stats is not None:
-                stats["micro_steps"] += 1
+            if stats is not None:  # token-weighted, so the means over all ranks equal one process's
+                stats["tokens"] += mask.sum().item()
                 for key in ("kl", "clipfrac", "entropy"):
-                    stats[key] += m[key].item()
+                    stats[key] += m[key].item() * mask.sum().item()
         return total
 
     def objective_gradients(self, batch, micro, mb_tokens, objective_adv, old_logp, ref_logp, params, stats=None):
@@ -175,11 +175,13 @@ class Actor:
     def update(self, batch, adv, objective_adv, old_logp, ref_logp):
         """Mini-batches x PPO epochs of AdamW steps on this rank's rows. adv (n,) for reward- and advantage-level
         methods; gradient level: objective_adv (n, K) combined by the method's coefficients per mini-batch.
-        Returns the advantage each row's update followed (n,) and the loss diagnostics."""
+        Returns the advantage each row's update followed (n,) and the loss diagnostics: kl, clipfrac and entropy as
+        token-means over every rank's micro-batches, loss and grad_norm as means over the optimizer steps taken,
+        and the counts of steps taken ("updates") and skipped."""
         mask, method = batch.completion_mask, self.method
         n = mask.size(0)
         followed = adv if adv is not None else torch.zeros(n, dtype=objective_adv.dtype, device=mask.device)
-        stats = dict(loss=0.0, grad_norm=0.0, kl=0.0, clipfrac=0.0, entropy=0.0, micro_steps=0, updates=0, skipped=0)
+        stats = dict(loss=0.0, grad_norm=0.0, kl=0.0, clipfrac=0.0, entropy=0.0, tokens=0, updates=0, skipped=0)
         self.model.train()
         for _ in range(self.ppo_epochs):
             for mb in chunks(n, n // self.mini_batches):
@@ -211,6 +213,10 @@ class Actor:
                 stats["loss"] += total.item()
                 stats["grad_norm"] += grad_norm.item()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients: the next rollout's KV cache needs the memory
+        sums = all_sum(torch.tensor([stats[k] for k in ("kl", "clipfrac", "entropy", "tokens")], dtype=torch.float64,
+                                    device=mask.device)).tolist()
+        stats.update({k: v / max(sums[3], 1) for k, v in zip(("kl", "clipfrac", "entropy"), sums)})
+        stats.update({k: stats[k] / max(stats["updates"], 1) for k in ("loss", "grad_norm")})
         return followed, stats
 
     def clipped_weights(self, batch, followed, old_logp, ref_logp):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
@@ -284,7 +285,10 @@ class Transformer(nn.Module):
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(f"{cfg_path} is missing: an HF checkpoint folder needs its config.json")
         with open(cfg_path) as f:
-            config = ModelConfig.from_hf(json.load(f))
+            try:
+                config = ModelConfig.from_hf(json.load(f))
+            except (json.JSONDecodeError, TypeError, KeyError) as e:
+                raise ValueError(f"{cfg_path} is not an HF model config ({type(e).__name__}: {e})") from None
         single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
         if os.path.isfile(single):
             files = [single]
@@ -299,7 +303,10 @@ class Transformer(nn.Module):
                                     "(for a .bin checkpoint: load it in transformers, then save_pretrained)")
         sd = {}
         for p in files:
-            sd.update(load_file(p))
+            try:
+                sd.update(load_file(p))
+            except SafetensorError as e:  # truncated by an interrupted copy or download, or not safetensors at all
+                raise ValueError(f"{p} cannot be read ({e}): the file is truncated or not safetensors; copy it again")
         dtype = dtype or torch.float32
         sd = {k: v.to(dtype) for k, v in sd.items()}
         if config.tie_word_embeddings:

@@ -56,9 +56,9 @@ def pareto_mask(points) -> list[bool]:
 # -------------------- run logs ---------------------------------------------------------------------------------------
 # Config keys that do not change what a run trains: its identity, paths, execution and the pure logging knobs (the
 # covariance-law probe only measures). Runs that agree on every other key are one row; seeds and base models repeat it.
-NOT_SETTINGS = {"seed", "out_dir", "model", "model_path", "argv", "resume", "dry_run", "wandb", "device", "world_size",
-                "eval_interval", "checkpoint_interval", "cov_interval", "law_interval", "probe_prompts",
-                "probe_samples"}
+NOT_SETTINGS = {"seed", "out_dir", "model", "model_path", "argv", "resume", "overwrite", "resumed", "dry_run", "wandb",
+                "device", "world_size", "eval_interval", "checkpoint_interval", "cov_interval", "law_interval",
+                "probe_prompts", "probe_samples"}
 SHORT = {"cov_targets": "targets", "lambda_lr": "λ"}  # CTWA's two settings, as labels name them
 DEFAULT_MODEL = "arith-s0"  # arith.BASE_MODELS[0], train.py's model without --model (no arith import: logs only)
 

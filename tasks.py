@@ -309,7 +309,7 @@ def load_math500(split: str, tokenizer, data_path: str | None = None, num_prompt
     (parquet/JSONL) or the hub, its first num_prompts rows (default: all)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
-    contents, answers, texts, skipped = [], [], [], 0
+    contents, answers, texts, bad = [], [], [], []
     for i, row in enumerate(_math500_rows(split, data_path)):
         row = row if isinstance(row, dict) else {}
         msgs, rm = row.get("prompt"), row.get("reward_model")
@@ -320,12 +320,18 @@ def load_math500(split: str, tokenizer, data_path: str | None = None, num_prompt
         else:  # hub and JSONL rows: problem + answer
             problem = row.get("problem")
             content, answer = problem + MATH_SUFFIX if isinstance(problem, str) else None, row.get("answer")
+        answer = str(answer) if isinstance(answer, (int, float)) and not isinstance(answer, bool) else answer
         if not (isinstance(content, str) and content.strip() and isinstance(answer, str) and answer.strip()):
-            skipped += 1
-            warnings.warn(f"math500 {split}: row {i} has no problem or no answer; skipped ({skipped} so far)")
+            bad.append(i)
             continue
         contents.append(content)
         answers.append(answer)
         texts.append(content.removesuffix(MATH_SUFFIX))
+    rows = f"rows {bad[:5]}{' ...' if len(bad) > 5 else ''} have no problem or no answer"
+    if not contents:
+        raise ValueError(f"math500 {split}: no usable rows ({rows if bad else 'the file is empty'}): the file needs "
+                         "problem and answer columns, or verl's prompt and reward_model.ground_truth")
+    if bad:
+        warnings.warn(f"math500 {split}: {rows}; skipped {len(bad)} of {len(bad) + len(contents)}")
     return Task("math500", split, encode_prompts(tokenizer, contents[:num_prompts]), answers[:num_prompts],
-                texts[:num_prompts], skipped)
+                texts[:num_prompts], len(bad))

@@ -61,6 +61,7 @@ parser.add_argument("--model", default=None, help="HF folder, hub id, or a shipp
 parser.add_argument("--data-path", default=None, help="math500: folder with {train,test}.parquet or .jsonl")
 parser.add_argument("--out-dir", default="out", help="checkpoints, metrics.jsonl and config.json go here")
 parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out-dir")
+parser.add_argument("--overwrite", action="store_true", help="replace the run in --out-dir (moved aside, not deleted)")
 parser.add_argument("--seed", type=int, default=0, help="seed for data order and sampling")
 # --- RL
 parser.add_argument("--adv", default=None, choices=loss.ESTIMATORS, help="advantage estimator")
@@ -151,6 +152,42 @@ for key, value in defaults(args.task, args.method).items():
     if getattr(args, key) is None:
         setattr(args, key, list(value) if isinstance(value, (range, tuple)) else value)
 args.clip_high = args.clip_low if args.clip_high is None else args.clip_high
+
+
+def check_flags(args):
+    """Every numeric flag in its range before any work: one line naming the flag, its value and what is allowed."""
+    try:  # the method's own hyperparameters (vector lengths, ranges), checked by its constructor
+        method = METHODS[args.method](num_objectives=len(tasks.OBJECTIVES), **method_kwargs(args))
+    except ValueError as e:
+        raise SystemExit(f"--method {args.method}: {e}") from None
+    per_prompt = args.adv in ("grpo", "rloo") or method.needs_statistic  # needs groups of G >= 2 samples
+    rules = [("lr", args.lr > 0, "> 0"), ("temperature", args.temperature > 0, "> 0 (greedy rollouts have no policy "
+              "gradient)"), ("group_size", args.group_size >= (2 if per_prompt else 1), ">= 2 for group-relative "
+              "advantages and per-prompt statistics" if per_prompt else ">= 1"),
+             ("clip_low", args.clip_low == -1 or 0 < args.clip_low < 1, "in (0, 1), or -1 = off"),
+             ("clip_high", args.clip_high == -1 or 0 < args.clip_high < 1, "in (0, 1), or -1 = off"),
+             ("clip_c", args.clip_c == -1 or args.clip_c > 1, "> 1, or -1 = off"),
+             ("kl_coef", args.kl_coef >= 0 and not (args.kl_coef > 0 and method.ratio_to_reference),
+              ">= 0, and 0 for a method whose loss has no KL term (pama)"), ("entropy_coef", args.entropy_coef >= 0,
+              ">= 0"), ("top_p", 0 < args.top_p <= 1, "in (0, 1]"), ("weight_decay", args.weight_decay >= 0, ">= 0"),
+             ("grad_clip", args.grad_clip >= 0, ">= 0 (0 = off)"), ("eval_prompts", args.eval_prompts is None or
+              args.eval_prompts >= 1, ">= 1"), ("probe_samples", args.probe_samples >= 2, ">= 2")]
+    rules += [(k, getattr(args, k) >= 0, ">= 0") for k in ("top_k", "warmup_steps", "eval_interval", "law_interval")]
+    rules += [(k, getattr(args, k) >= 1, ">= 1") for k in ("steps", "prompts_per_step", "micro_batch", "mini_batches",
+              "ppo_epochs", "checkpoint_interval", "cov_interval", "max_new_tokens", "max_prompt_tokens",
+              "probe_prompts")]
+    for name, ok, allowed in rules:
+        if not ok:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {allowed}")
+    if args.fsdp and "RANK" not in os.environ:
+        raise SystemExit("--fsdp shards over torchrun's processes: run torchrun --nproc_per_node=N train.py --fsdp")
+
+
+def method_kwargs(args):
+    return {hp: getattr(args, f"{args.method}_{hp}") for hp in scalarize.hyperparameters(METHODS[args.method])}
+
+
+check_flags(args)
 eps_low, eps_high, clip_c = (None if v < 0 else v for v in (args.clip_low, args.clip_high, args.clip_c))
 world = int(os.environ.get("WORLD_SIZE", 1))
 if args.dry_run:  # what config.json would hold; a hub id stays a name (resolving it would download)
@@ -206,20 +243,34 @@ def load_split(split, num_prompts=None):
     return tasks.load_math500(split, tokenizer, data_path=args.data_path, num_prompts=num_prompts)
 
 
-out_dir = args.out_dir
-resume_dir = None
-if args.resume:
-    if not checkpoint.steps_saved(out_dir):
-        raise SystemExit(f"--resume: no step-* checkpoint in {out_dir!r}")
-    resume_dir = os.path.join(out_dir, f"step-{checkpoint.steps_saved(out_dir)[-1]}")
-if master:  # rank 0 downloads (or finds) the model before the others look for it
-    model_path = resolve_model(args.model)
+# the run folder first: a refused --out-dir or --resume costs nothing (checkpoint.py: claim, check_resume, loadable)
+out_dir, resume_dir = args.out_dir, None
+config = {**vars(args), "objectives": list(tasks.OBJECTIVES), "world_size": world, "argv": sys.argv[1:]}
+if master:
+    said = checkpoint.claim(out_dir, args.resume, args.overwrite)
+    if said:
+        print(said)
 if ddp:
     dist.barrier()
-model_path = resolve_model(args.model) if not master else model_path
-tokenizer = tasks.load_tokenizer(model_path)
-eos_ids = tasks.eos_ids(model_path, tokenizer)
-train_set, eval_set = load_split("train"), load_split(args.eval_split, args.eval_prompts)
+if args.resume:
+    resume_dir, skipped = checkpoint.loadable(out_dir)
+    if master and skipped:
+        print(f"--resume: skipped {', '.join(skipped)}")
+    if resume_dir is None:
+        raise SystemExit(f"--resume: no checkpoint in {out_dir} that loads" + (": every one is damaged" if skipped
+                                                                                else ""))
+    config["resumed"] = checkpoint.check_resume(out_dir, config) + [int(resume_dir.rsplit("-", 1)[1])]
+try:  # a bad model folder or data file: the loaders name the file and the fix, in one line
+    model_path = resolve_model(args.model) if master else None  # rank 0 downloads (or finds) it first
+    if ddp:
+        dist.barrier()
+    model_path = model_path or resolve_model(args.model)
+    policy = Transformer.from_pretrained(resume_dir or model_path).to(device)  # fp32 master weights
+    tokenizer = tasks.load_tokenizer(model_path)
+    eos_ids = tasks.eos_ids(model_path, tokenizer)
+    train_set, eval_set = load_split("train"), load_split(args.eval_split, args.eval_prompts)
+except (OSError, ValueError) as e:  # OSError: FileNotFoundError and friends; ValueError: unreadable contents
+    raise SystemExit(f"{type(e).__name__}: {e}") from None
 for split in (train_set, eval_set):  # drop overlong prompts, as the reference's filter_overlong_prompts
     keep = [i for i, p in enumerate(split.prompts) if len(p) <= args.max_prompt_tokens]
     if len(keep) < len(split.prompts) and master:
@@ -231,13 +282,11 @@ steps_per_epoch = len(train_set.prompts) // args.prompts_per_step  # drop_last, 
 if steps_per_epoch == 0:
     raise SystemExit(f"{len(train_set.prompts)} training prompts < --prompts-per-step {args.prompts_per_step}")
 
-cls = METHODS[args.method]
-method = cls(num_objectives=K, **{hp: getattr(args, f"{args.method}_{hp}") for hp in scalarize.hyperparameters(cls)})
+method = METHODS[args.method](num_objectives=K, **method_kwargs(args))
 method.names = objectives  # metrics keyed "weight/accuracy", ...
 scorer = tasks.RewardScorer()
 kl_coef = 0.0 if method.ratio_to_reference else args.kl_coef  # PAMA's Noon loss has no KL term
 
-policy = Transformer.from_pretrained(resume_dir or model_path).to(device)  # fp32 master weights
 policy.gradient_checkpointing = args.grad_checkpointing
 ref_model = None
 if kl_coef > 0 or method.ratio_to_reference:  # the frozen initial policy (KL term, PAMA's ratio)
@@ -384,11 +433,11 @@ if resume_dir:
     scorer.load_state_dict(state["scorer"])
     start_step, skipped_steps = state["step"], state["skipped_steps"]
 if master:
-    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump({**vars(args), "objectives": objectives, "world_size": world, "model_path": model_path,
-                   "argv": sys.argv[1:]}, f, indent=1)
+        json.dump({**config, "model_path": model_path}, f, indent=1)
     metrics = checkpoint.MetricsLog(out_dir, start_step if resume_dir else None)
+    if metrics.said:
+        print(metrics.said)
 wandb_run = None
 if args.wandb and master:
     try:
@@ -488,7 +537,9 @@ for step in bar:
     # ---- statistic: the clipped advantage weight under the new policy, its covariance with each reward
     stat = {}
     if method.needs_statistic or (step + 1) % args.cov_interval == 0:
-        w, unclip_frac = actor.clipped_weights(batch, followed, old_logp, ref_logp)  # (n,)
+        w, unclip_frac = actor.clipped_weights(batch, followed, old_logp, ref_logp)  # (n,), this rank's token share
+        unclip_frac = all_sum(torch.tensor(unclip_frac * lengths.sum().item(), device=device)).item() / \
+            lengths_all.sum().item()
         stat = ctwa.covariance_statistic(rewards, gather(w), G)
         record.update({f"{kind}/{o}": stat[kind][k].item() for kind in ("cov", "corr")
                        for k, o in enumerate(objectives)})
@@ -506,13 +557,11 @@ for step in bar:
     objective_means = rewards.mean(0)
     method.update(stat.get(method.needs_statistic), objective_means)
     # ---- log and checkpoint
-    micro_steps, updates = max(stats["micro_steps"], 1), max(stats["updates"], 1)
+    failures = int(all_sum(torch.tensor(scorer.failures, device=device)))  # every rank scores its own rows
     record = {"step": step + 1, **{f"reward/{o}": objective_means[k].item() for k, o in enumerate(objectives)},
-              **record, **method.metrics(), "entropy": stats["entropy"] / micro_steps,
-              "response_length": lengths_all.float().mean().item(), "loss": stats["loss"] / updates,
-              "grad_norm": stats["grad_norm"] / updates, "kl": stats["kl"] / micro_steps,
-              "clipfrac": stats["clipfrac"] / micro_steps, "lr": lr, "skipped_steps": skipped_steps,
-              "reward_failures": scorer.failures, "time/step": time.time() - t0, "time/rollout": rollout_seconds}
+              **record, **method.metrics(), **{k: stats[k] for k in ("entropy", "loss", "grad_norm", "kl", "clipfrac")},
+              "response_length": lengths_all.float().mean().item(), "lr": lr, "skipped_steps": skipped_steps,
+              "reward_failures": failures, "time/step": time.time() - t0, "time/rollout": rollout_seconds}
     if device.type == "cuda":  # this rank's peak since the last step: rollout cache, activations, optimizer states
         record["memory/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)

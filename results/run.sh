@@ -23,7 +23,7 @@ run_all() {  # one train.py per line of flags on stdin, JOBS at a time; a run wh
 # 1. selection on the validation split, one run per base model and setting, no law statistics (not needed there)
 {
   for b in $BASES; do
-    for lam in 0.05 0.2 0.5; do for c0 in 0.15 0.2 0.25 0.3 0.4; do
+    for lam in 0.05 0.2 0.5; do for c0 in 0.15 0.2 0.25 0.3 0.4 0.5; do
       echo "--method ctwa --model $b --ctwa-cov-targets $c0 0.08 0.08 --ctwa-lambda-lr $lam --eval-split val" \
            "--law-interval 0 --out-dir runs/select-cov-$c0-$lam-$b"
     done; done

@@ -211,27 +211,29 @@ REWARD_CALLS = {"accuracy": lambda s: accuracy(s, "1"), "accuracy, boxed": lambd
 
 
 def _cost(fn, arg, reps, tries=3):
+    """CPU seconds of `reps` calls, best of `tries`: CPU time, not wall time, so that other processes taking the core
+    (which interrupt a long measurement more often than a short one) do not skew the ratio."""
     best = float("inf")
-    for _ in range(tries):  # best of 3: other processes share the CPU
-        t = time.perf_counter()
+    for _ in range(tries):
+        t = time.process_time()
         for _ in range(reps):
             fn(arg)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_rewards_linear_on_adversarial_strings(name):
-    """Never raising, and 4x the length costs under 10x the time. Linear is 4x, up to 8.5x measured where the longer
-    string no longer fits the L1 cache (a scan of "\\boxed " in 20k vs 80k characters); the reference's quadratic
-    boxed regex costs 16x."""
-    small, large = ADVERSARIAL[name](1), ADVERSARIAL[name](4)
+    """Never raising, and 8x the length costs under 24x the time: linear is 8x (up to ~2x more where the longer string
+    no longer fits a cache), quadratic 64x (the reference's boxed regex); the margin absorbs timing noise from other
+    processes on a shared machine."""
+    small, large = ADVERSARIAL[name](1), ADVERSARIAL[name](8)
     for call_name, fn in REWARD_CALLS.items():
         reps = 1
         while _cost(fn, small, reps, tries=1) < 0.005:  # repeat until a timing spans 5 ms, well above its noise
             reps *= 4
         ratio = _cost(fn, large, reps) / _cost(fn, small, reps)
-        assert ratio < 10, f"{name}, {call_name}: 4x the length took {ratio:.1f}x the time"
+        assert ratio < 24, f"{name}, {call_name}: 8x the length took {ratio:.1f}x the time"
 
 
 def test_rewards_on_one_megabyte():
@@ -317,9 +319,8 @@ def test_math500_jsonl_malformed_rows(tmp_path):
     rows = [{"problem": "What is $1+1$?", "answer": "2"}, {"problem": "No answer here"}, "not json",
             {"answer": "3"}, {"problem": "What is $2+1$?", "answer": "3"}]
     (tmp_path / "test.jsonl").write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows))
-    with pytest.warns(UserWarning, match=r"row \d has no problem or no answer") as record:
+    with pytest.warns(UserWarning, match=r"rows \[1, 2, 3\] have no problem or no answer; skipped 3 of 5"):
         task = tasks.load_math500("test", arith.tokenizer(), data_path=str(tmp_path))
-    assert [re.search(r"row (\d)", str(w.message)).group(1) for w in record] == ["1", "2", "3"]
     assert task.skipped == 3 and task.answers == ["2", "3"]
     assert task.texts == ["What is $1+1$?", "What is $2+1$?"]
     with pytest.raises(FileNotFoundError, match="no val.parquet or val.jsonl"):
