@@ -11,6 +11,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402  (after TRITON_INTERPRET, see above)
 import torch  # noqa: E402
 
+import arith  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -19,3 +21,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The arith base model recipe cut to 30 warm-start steps: real tokenizer and format, half-trained weights (built
+    once per test session, for every test that runs train.py on it)."""
+    return arith.build_base_model(str(tmp_path_factory.mktemp("arith") / "base"), steps=30)

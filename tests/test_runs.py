@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file, save_file
 
-from test_train import ROOT, TINY, metrics, run, tiny_model  # noqa: F401  (tiny_model is a fixture)
+from test_train import ROOT, TINY, metrics, run
 
 
 def one_line_error(proc, *words):

@@ -17,18 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import arith
 import scalarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "24", "--micro-batch", "8",
         "--eval-interval", "0", "--checkpoint-interval", "100"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """The arith base model recipe cut to 30 warm-start steps: real tokenizer and format, half-trained weights."""
-    return arith.build_base_model(str(tmp_path_factory.mktemp("arith") / "base"), steps=30)
 
 
 def run(args, out, nproc=1, check=True, wait=True, script="train.py"):
