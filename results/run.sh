@@ -15,9 +15,10 @@ SEEDS=${SEEDS:-"0 1 2"}
 BASES=${BASES:-"arith-s0 arith-s1 arith-s2"}
 export OMP_NUM_THREADS=1  # the 0.2M-parameter model gains nothing from a second thread; two runs share two cores
 unset TRITON_INTERPRET
-run_all() {  # one train.py per line of flags on stdin, JOBS at a time; a run whose last checkpoint exists is skipped
+run_all() {  # one train.py per line of flags on stdin, JOBS at a time; a finished run (its step-60) is skipped,
+  # an unfinished one started again from scratch
   xargs -P "$JOBS" -I{} sh -c 'out=$(echo "{}" | sed "s/.*--out-dir //"); [ -d "$out/step-60" ] && exit 0;
-    mkdir -p "$out"; python train.py {} > "$out.log" 2>&1 || echo "FAILED: {}"'
+    rm -rf "$out"; python train.py {} > "$out.log" 2>&1 || echo "FAILED: {}"'
 }
 
 # 1. selection on the validation split, one run per base model and setting, no law statistics (not needed there)
@@ -27,7 +28,7 @@ run_all() {  # one train.py per line of flags on stdin, JOBS at a time; a run wh
       echo "--method ctwa --model $b --ctwa-cov-targets $c0 0.08 0.08 --ctwa-lambda-lr $lam --eval-split val" \
            "--law-interval 0 --out-dir runs/select-cov-$c0-$lam-$b"
     done; done
-    for lam in 0.2 0.5; do for c0 in 0.1 0.2 0.3; do
+    for lam in 0.2 0.5; do for c0 in 0.1 0.2 0.3 0.4; do
       echo "--method ctwa --ctwa-signal grad --model $b --ctwa-cov-targets $c0 0.05 0.05 --ctwa-lambda-lr $lam" \
            "--eval-split val --law-interval 0 --out-dir runs/select-grad-$c0-$lam-$b"
     done; done
