@@ -10,6 +10,7 @@
 #     bash results/run.sh            # runs in runs/, summaries and figures in results/; finished runs are skipped
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p runs
 JOBS=${JOBS:-2}
 SEEDS=${SEEDS:-"0 1 2"}
 BASES=${BASES:-"arith-s0 arith-s1 arith-s2"}
