@@ -69,6 +69,24 @@ def claim(out_dir: str, resume: bool, overwrite: bool) -> str:
     return said.rstrip("; ")
 
 
+def open_run(out_dir: str, resume: bool, overwrite: bool, master: bool, barrier=None):
+    """A training script's run folder: rank 0 claims it (the others wait at `barrier`, when given); with resume, the
+    newest checkpoint that loads, else None. Says what it did, or exits with one line."""
+    if master and (said := claim(out_dir, resume, overwrite)):
+        print(said)
+    if barrier is not None:
+        barrier()
+    if not resume:
+        return None
+    path, skipped = loadable(out_dir)
+    if master and skipped:
+        print(f"--resume: skipped {', '.join(skipped)}")
+    if path is None:
+        raise SystemExit(f"--resume: no checkpoint in {out_dir} that loads" + (": every one is damaged" if skipped
+                                                                                else ""))
+    return path
+
+
 def _alive(holder: dict) -> bool:
     """Whether a lock's holder still runs: a live pid on this host; another host's lock is trusted."""
     if not holder.get("pid"):

@@ -1,16 +1,19 @@
-"""RL core: advantage estimators and the policy loss (clipped surrogate + dual clip, KL to a reference, entropy).
+"""RL core: advantage estimators and the policy loss (clipped surrogate + dual clip, KL to a reference, entropy);
+and the pairwise preference loss of reward-free alignment (DPO, IPO) that dpo.py trains per objective.
 
 References (exact formulas: spec/ctwa-reference.md §6-7, taken from verl `core_algos.py`):
 - GRPO: Shao et al. 2024, DeepSeekMath, arXiv:2402.03300; mean-only variant Dr.GRPO, Liu et al. 2025, arXiv:2503.20783.
 - REINFORCE++: Hu 2025, arXiv:2501.03262.   RLOO: Ahmadian et al. 2024, arXiv:2402.14740.
 - PPO: Schulman et al. 2017, arXiv:1707.06347; dual clip: Ye et al. 2020, arXiv:1912.09729.
 - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence" (blog); k3 is verl's low_var_kl.
+- DPO: Rafailov et al. 2023, arXiv:2305.18290.   IPO: Azar et al. 2023, arXiv:2310.12036 (as TRL's DPOTrainer).
 Rows are prompt-major: row = prompt * G + g, so the G samples of a prompt are consecutive.
 The per-token math (surrogate, KL, CTWA's clipped weight W) lives in kernels/grpo_loss.py; this file aggregates.
 
     python -m pytest -q tests/test_loss.py
 """
 import torch
+import torch.nn.functional as F
 
 import kernels
 from kernels.grpo_loss import kl_penalty  # noqa: F401  (public here: loss.kl_penalty is the one KL estimator)
@@ -134,3 +137,27 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
         loss = loss - entropy_coef * ent
         metrics["entropy"] = ent.detach()
     return loss, metrics, W
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float, loss_type: str = "sigmoid"):
+    """Per-pair preference losses (B,) from sequence log-probs (B,) (sums over completion tokens) of the chosen and
+    rejected completions under the policy and the frozen reference, h = (pc - rc) - (pr - rr):
+      sigmoid (DPO)  -log sigmoid(beta h): the Bradley-Terry likelihood of the implicit reward beta log(pi / ref);
+      ipo            (h - 1 / (2 beta))^2, a squared margin that does not push h to infinity (TRL feeds it per-token
+                     mean log-probs; the caller chooses).
+    Returns (losses (B,), diagnostics of detached (B,) tensors: reward_chosen = beta (pc - rc), reward_rejected,
+    margin = their difference, accuracy = 1[margin > 0]), TRL's rewards/* metrics before the batch mean."""
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps  # (B,)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * (chosen - rejected))
+    elif loss_type == "ipo":
+        losses = (chosen - rejected - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; use 'sigmoid' or 'ipo'")
+    with torch.no_grad():
+        reward_chosen, reward_rejected = beta * chosen, beta * rejected
+        margin = reward_chosen - reward_rejected
+        metrics = {"reward_chosen": reward_chosen, "reward_rejected": reward_rejected, "margin": margin,
+                   "accuracy": (margin > 0).to(margin.dtype)}
+    return losses, metrics

@@ -244,22 +244,11 @@ def load_split(split, num_prompts=None):
     return tasks.load_math500(split, tokenizer, data_path=args.data_path, num_prompts=num_prompts)
 
 
-# the run folder first: a refused --out-dir or --resume costs nothing (checkpoint.py: claim, check_resume, loadable)
-out_dir, resume_dir = args.out_dir, None
+# the run folder first: a refused --out-dir or --resume costs nothing (checkpoint.py: open_run, check_resume)
+out_dir = args.out_dir
 config = {**vars(args), "objectives": list(tasks.OBJECTIVES), "world_size": world, "argv": sys.argv[1:]}
-if master:
-    said = checkpoint.claim(out_dir, args.resume, args.overwrite)
-    if said:
-        print(said)
-if ddp:
-    dist.barrier()
-if args.resume:
-    resume_dir, skipped = checkpoint.loadable(out_dir)
-    if master and skipped:
-        print(f"--resume: skipped {', '.join(skipped)}")
-    if resume_dir is None:
-        raise SystemExit(f"--resume: no checkpoint in {out_dir} that loads" + (": every one is damaged" if skipped
-                                                                                else ""))
+resume_dir = checkpoint.open_run(out_dir, args.resume, args.overwrite, master, dist.barrier if ddp else None)
+if resume_dir:
     config["resumed"] = checkpoint.check_resume(out_dir, config) + [int(resume_dir.rsplit("-", 1)[1])]
 try:  # a bad model folder or data file: the loaders name the file and the fix, in one line
     model_path = resolve_model(args.model) if master else None  # rank 0 downloads (or finds) it first

@@ -1,7 +1,11 @@
-"""Advantage estimators, KL estimators and the policy loss (spec/ctwa-reference.md §6, §7, §13.3).
+"""Advantage estimators, KL estimators and the policy loss (spec/ctwa-reference.md §6, §7, §13.3); the DPO loss.
 
     python -m pytest -q tests/test_loss.py
 """
+import collections
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -187,3 +191,66 @@ def test_policy_loss_bad_input():
         loss.policy_loss(logp, old, adv, mask, clip_c=1.0)
     with pytest.raises(ValueError, match="adv must be"):
         loss.policy_loss(logp, old, adv[:3], mask)
+
+
+def _pairs(B=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    policy = (-20 * torch.rand(2, B, generator=g, dtype=torch.float64)).requires_grad_()
+    ref = policy.detach() + torch.randn(2, B, generator=g, dtype=torch.float64)
+    return policy, ref
+
+
+def test_dpo_loss_by_hand():
+    """DPO: log 2 at the reference, -log sigmoid(beta h) and its gradient -beta sigmoid(-beta h) on the chosen
+    log-prob; the diagnostics; IPO's squared margin; an unknown type is an error."""
+    policy, ref = _pairs()
+    losses, m = loss.dpo_loss(policy[0], policy[1], policy[0].detach(), policy[1].detach(), beta=0.1)
+    torch.testing.assert_close(losses, torch.full((6,), math.log(2), dtype=torch.float64))
+    losses, m = loss.dpo_loss(policy[0], policy[1], ref[0], ref[1], beta=0.5)
+    h = (policy[0] - ref[0]) - (policy[1] - ref[1])
+    torch.testing.assert_close(losses, torch.log1p(torch.exp(-0.5 * h)))
+    losses.sum().backward()
+    torch.testing.assert_close(policy.grad[0], -0.5 * torch.sigmoid(-0.5 * h.detach()))
+    torch.testing.assert_close(policy.grad[1], 0.5 * torch.sigmoid(-0.5 * h.detach()))
+    torch.testing.assert_close(m["margin"], 0.5 * h.detach())
+    torch.testing.assert_close(m["reward_chosen"] - m["reward_rejected"], m["margin"])
+    assert torch.equal(m["accuracy"], (h > 0).double()) and 0 < m["accuracy"].mean() < 1
+    ipo, _ = loss.dpo_loss(policy[0], policy[1], ref[0], ref[1], beta=0.5, loss_type="ipo")
+    torch.testing.assert_close(ipo, (h - 1.0) ** 2)
+    with pytest.raises(ValueError, match="unknown DPO loss_type 'hinge'"):
+        loss.dpo_loss(policy[0], policy[1], ref[0], ref[1], 0.1, "hinge")
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_loss_equals_trl(loss_type):
+    """loss.dpo_loss equals TRL's DPOTrainer._compute_loss (trl 1.16, which has no standalone loss function) on fixed
+    sequence log-probs: the loss and the rewards/* metrics. TRL runs unchanged on a stand-in trainer and model that
+    return the given per-token log-probs; its IPO averages over completion tokens, so ours gets the per-token means."""
+    trl = pytest.importorskip("trl")
+    B, T, beta = 5, 7, 0.2
+    g = torch.Generator().manual_seed(1)
+    token_logps = -torch.rand(2 * B, T - 1, generator=g) * 2  # rows: B chosen, then B rejected
+    lengths = torch.randint(1, T, (2 * B,), generator=g)
+    completion_mask = (torch.arange(T)[None] < lengths[:, None]).long()  # TRL's IPO counts these tokens
+    ref = token_logps.sum(1) + torch.randn(2 * B, generator=g)  # (2B,) reference sequence log-probs
+    zeros = torch.zeros(2 * B, T - 1)
+    outputs = SimpleNamespace(log_probs=token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+    accelerator = SimpleNamespace(device="cpu", gather=lambda x: x, gather_for_metrics=lambda x: x)
+    trainer = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=accelerator, aux_loss_enabled=False,
+                              ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+                              loss_types=[loss_type], loss_weights=[1.0], beta=beta, use_weighting=False,
+                              _metrics={"train": collections.defaultdict(list)}, _tp_size=1,
+                              _total_train_tokens=0)
+    inputs = dict(input_ids=torch.zeros(2 * B, T, dtype=torch.long), attention_mask=torch.ones(2 * B, T),
+                  completion_mask=completion_mask, ref_chosen_logps=ref[:B], ref_rejected_logps=ref[B:])
+    expected = trl.DPOTrainer._compute_loss(trainer, lambda **kw: outputs, inputs, return_outputs=False)
+    seq, ref_seq = token_logps.sum(1), ref
+    if loss_type == "ipo":
+        seq, ref_seq = seq / lengths, ref / lengths
+    losses, m = loss.dpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], beta, loss_type)
+    torch.testing.assert_close(losses.mean(), expected)
+    if loss_type == "sigmoid":  # TRL's metrics are of the unnormalised log-ratios, like ours for DPO
+        logged = trainer._metrics["train"]
+        for ours, theirs in (("reward_chosen", "rewards/chosen"), ("reward_rejected", "rewards/rejected"),
+                             ("margin", "rewards/margins"), ("accuracy", "rewards/accuracies")):
+            assert m[ours].mean().item() == pytest.approx(logged[theirs][0], rel=1e-6), ours
