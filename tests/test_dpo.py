@@ -5,6 +5,7 @@
 Each test runs dpo.py in a subprocess (torchrun for DDP) from the shipped arith base model on a few prompts, with
 TRITON_INTERPRET removed so the eager kernels run at full speed.
 """
+import importlib.util
 import json
 import os
 import socket
@@ -190,3 +191,18 @@ def test_malformed_data_is_one_line_error(tmp_path, case, message):
     proc = dpo(["--model", "arith-s0", "--data", path], tmp_path / "out")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sweep_hypervolume_and_summary():
+    """results/dpo/sweep.py: the 2-D hypervolume of a staircase by hand, and mean ± std over seeds per weight."""
+    spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "results", "dpo", "sweep.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.hypervolume_2d([(0.5, 0.5)]) == pytest.approx(0.25)
+    # (1, 0.2) and (0.2, 1) dominate 0.2 + 0.2 * 0.8 = 0.36; (0.1, 0.1) is dominated and adds nothing
+    assert sweep.hypervolume_2d([(1.0, 0.2), (0.2, 1.0), (0.1, 0.1)]) == pytest.approx(0.36)
+    runs = [dict(method="raco", w=0.5, seed=s, accuracy=a, conciseness=1 - a, clarity=0.5, response_length=10.0,
+                 share=0.5) for s, a in enumerate([0.2, 0.4])]
+    rows, fronts = sweep.summarize(runs)
+    assert rows[0]["accuracy"] == pytest.approx((0.3, 0.1414213), rel=1e-5) and rows[0]["seeds"] == [0, 1]
+    assert fronts["raco"][0] == pytest.approx((0.2 * 0.8 + 0.4 * 0.6) / 2)

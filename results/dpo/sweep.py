@@ -49,6 +49,8 @@ def summarize(runs):
     rows, fronts = [], {}
     for method in STYLE:
         mine = [r for r in runs if r["method"] == method]
+        if not mine:  # a partial sweep: a method with no finished run has no row and no front
+            continue
         for w in sorted({r["w"] for r in mine}):
             group = [r for r in mine if r["w"] == w]
             rows.append(dict(method=method, w=w, seeds=sorted(r["seed"] for r in group),
@@ -79,6 +81,8 @@ def figure(rows, base, path):
     front, acc, share = fig.subplots(1, 3)
     for method, style in STYLE.items():
         mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
         w = [r["w"] for r in mine]
         xs, ys = (np.array([r[k] for r in mine]) for k in ("accuracy", "conciseness"))  # (weights, 2): mean, std
         front.errorbar(xs[:, 0], ys[:, 0], xerr=xs[:, 1], yerr=ys[:, 1], capsize=2, **style)
