@@ -1,7 +1,7 @@
 """Reward-free multi-objective alignment: one DPO loss per objective on that objective's preference pairs, the K
 losses combined by fixed weights or by a gradient-level method of scalarize.py (RACO's clipped CAGrad first).
 
-    python dpo.py                                          # arith pairs, RACO, uniform weights, CPU, ~5 CPU-min
+    python dpo.py                                          # arith pairs, RACO, uniform weights, CPU, ~40 s
     python dpo.py --method linear --weights 0.6 0.2 0.2    # or mgda, pcgrad, cagrad, nash_mtl, famo, gradnorm
     python dpo.py --objectives accuracy conciseness --weights 0.8 0.2
     torchrun --nproc_per_node=2 dpo.py                     # DDP (gloo on CPU, nccl on GPU); add --fsdp for FSDP2
