@@ -1,18 +1,40 @@
 """Benchmarks against peers, each measured as a ratio in one run on the same machine.
 
-    python bench.py rollout   # our KV-cached sampler vs transformers.generate (tokens/s)
+    python bench.py rollout   # our KV-cached sampler (eager, compiled) vs transformers.generate (tokens/s)
     python bench.py kernels   # fused Triton kernels vs eager PyTorch (time, peak memory; needs CUDA)
     python bench.py train     # our training step vs TRL's GRPOTrainer; CTWA's extra cost vs linear
 """
 import argparse
 
 
-def bench_rollout(args):
-    """Tokens/s of rollout.generate vs transformers' generate on the same random ~39M-parameter Qwen2-shaped model.
+def matmul_peak(dev, dtype, n=2048, reps=5):
+    """The machine's measured matmul throughput (FLOP/s): best of `reps` n x n x n matmuls, the roofline the
+    benchmarks report their fraction of (a decode or training step cannot run its matmuls faster than this)."""
+    import time
 
-    32 ragged prompts (8..64 tokens) x G=4 samples, 128 new tokens, temperature 1, no top-k/top-p, no EOS (so every
-    row runs the full 128 tokens and both samplers do identical work). Warm-up first, then best of REPEATS,
-    alternating the two so background load hits both alike. fp32 on CPU; bf16 on a CUDA GPU when there is one.
+    import torch
+
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first is warm-up
+        t0 = time.perf_counter()
+        a @ b
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def bench_rollout(args):
+    """Tokens/s of rollout.generate (eager and --compile) vs transformers' generate, on random Qwen2-shaped models.
+
+    Two shapes: bench's ~39M-parameter model (32 ragged prompts of 8..64 tokens x G=4, 128 new tokens) and a small
+    4-layer, hidden-256, 4k-vocab one (16 ragged prompts x G=4, 64 new tokens), where per-step overhead dominates.
+    Temperature 1, no top-k/top-p, no EOS (every row runs full length, so all samplers do identical work). Warm-up
+    first (for the compiled sampler that is the compile, reported apart), then best of REPEATS, alternating the
+    samplers so background load hits all alike. fp32 on CPU; bf16 on a CUDA GPU. The roofline fraction is the decode's
+    matmul FLOPs (2 x parameters per token, the embedding lookup excluded, plus attention over the cache) per second
+    over the measured peak of one large matmul.
     """
     import os
     import platform
@@ -25,58 +47,79 @@ def bench_rollout(args):
     from model import Transformer
     from rollout import generate
 
-    PROMPTS, MIN_LEN, MAX_LEN, G, NEW_TOKENS, REPEATS = 32, 8, 64, 4, 128, 3
-    shape = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+    REPEATS = 3
+    shapes = [("39M", dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                           num_attention_heads=8, num_key_value_heads=2), 32, 8, 64, 128),
+              ("4L-256", dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2), 16, 4, 32, 64)]
+    G = 4
     dev, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
-    torch.manual_seed(args.seed)
-    hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**shape)).eval()  # sdpa attention
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours = Transformer.from_pretrained(d).eval().to(dev, dtype)
-    hf.to(dev, dtype)
-    g = torch.Generator().manual_seed(args.seed)
-    lengths = torch.randint(MIN_LEN, MAX_LEN + 1, (PROMPTS,), generator=g).tolist()
-    prompts = [torch.randint(1, shape["vocab_size"], (n,), generator=g).tolist() for n in lengths]
-    ids = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)  # (P, Pw) left-padded for HF
-    mask = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, MAX_LEN - len(p):], mask[i, MAX_LEN - len(p):] = torch.tensor(p), 1
-    ids, mask = ids.to(dev), mask.to(dev)
-
-    def run_ours(n):
-        ro = generate(ours, prompts, n, temperature=1.0, group_size=G, generator=torch.Generator(dev).manual_seed(0))
-        return ro.sequences.size(0) * ro.completion_mask.size(1)
-
-    def run_hf(n):
-        with torch.inference_mode():
-            out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                              num_return_sequences=G, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
-                              pad_token_id=0)
-        return out.size(0) * (out.size(1) - MAX_LEN)
-
-    best = {"ours": float("inf"), "hf": float("inf")}
-    for fn in (run_ours, run_hf):
-        fn(8)  # warm-up: allocator, thread pool, first-call paths
-    for _ in range(REPEATS):
-        for name, fn in (("ours", run_ours), ("hf", run_hf)):
-            t0 = time.perf_counter()
-            tokens = fn(NEW_TOKENS)  # its .size() calls return at once: synchronize before reading the clock
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - t0)
-            assert tokens == PROMPTS * G * NEW_TOKENS, f"{name} generated {tokens} tokens"
-    tok_s = {k: PROMPTS * G * NEW_TOKENS / v for k, v in best.items()}
+    peak = matmul_peak(dev, dtype)
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs slow both sides)")
-    gpu = f", {torch.cuda.get_device_name()}" if dev == "cuda" else ""
-    print(f"model: random Qwen2-shaped {ours.num_params() / 1e6:.1f}M params ({shape}), {dtype} {dev}{gpu}")
-    print(f"settings: {PROMPTS} prompts of {MIN_LEN}..{MAX_LEN} tokens x G={G}, {NEW_TOKENS} new tokens, "
-          f"temperature 1, no top-k/top-p, no EOS (all {PROMPTS * G} rows run full length), best of {REPEATS}")
-    print(f"ours rollout.generate  : {tok_s['ours']:8.1f} tokens/s ({best['ours']:.2f} s)")
-    print(f"transformers .generate : {tok_s['hf']:8.1f} tokens/s ({best['hf']:.2f} s)")
-    print(f"ratio ours / transformers: {tok_s['ours'] / tok_s['hf']:.2f}x")
+          f"{torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}; "
+          f"measured matmul peak {peak / 1e9:.0f} GFLOP/s ({dtype}, 2048^3)")
+    for name, shape, PROMPTS, MIN_LEN, MAX_LEN, NEW_TOKENS in shapes:
+        shape = dict(shape, max_position_embeddings=1024, tie_word_embeddings=True)
+        torch.manual_seed(args.seed)
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**shape)).eval()  # sdpa
+        with tempfile.TemporaryDirectory() as d:
+            hf.save_pretrained(d)
+            ours = Transformer.from_pretrained(d).eval().to(dev, dtype)
+        hf.to(dev, dtype)
+        g = torch.Generator().manual_seed(args.seed)
+        lengths = torch.randint(MIN_LEN, MAX_LEN + 1, (PROMPTS,), generator=g).tolist()
+        prompts = [torch.randint(1, shape["vocab_size"], (n,), generator=g).tolist() for n in lengths]
+        ids = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)  # (P, Pw) left-padded for HF
+        mask = torch.zeros(PROMPTS, MAX_LEN, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, MAX_LEN - len(p):], mask[i, MAX_LEN - len(p):] = torch.tensor(p), 1
+        ids, mask = ids.to(dev), mask.to(dev)
+
+        def ours_fn(compile):
+            def run(n):
+                ro = generate(ours, prompts, n, temperature=1.0, group_size=G, compile=compile,
+                              generator=torch.Generator(dev).manual_seed(0))
+                return ro.sequences.size(0) * ro.completion_mask.size(1)
+            return run
+
+        def run_hf(n):
+            with torch.inference_mode():
+                out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                  top_p=1.0, num_return_sequences=G, max_new_tokens=n, min_new_tokens=n,
+                                  eos_token_id=None, pad_token_id=0)
+            return out.size(0) * (out.size(1) - MAX_LEN)
+
+        samplers = {"ours eager": ours_fn(False), "ours compiled": ours_fn(True), "transformers": run_hf}
+        best, warm = {k: float("inf") for k in samplers}, {}
+        for key, fn in samplers.items():  # warm-up at the full length (the compiled cache shape is the timed one)
+            t0 = time.perf_counter()
+            fn(NEW_TOKENS)
+            warm[key] = time.perf_counter() - t0
+        for _ in range(REPEATS):
+            for key, fn in samplers.items():
+                t0 = time.perf_counter()
+                tokens = fn(NEW_TOKENS)  # .size() returns at once: synchronize before reading the clock
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                best[key] = min(best[key], time.perf_counter() - t0)
+                assert tokens == PROMPTS * G * NEW_TOKENS, f"{key} generated {tokens} tokens"
+        n_tok = PROMPTS * G * NEW_TOKENS
+        C, L = shape["hidden_size"], shape["num_hidden_layers"]
+        matmul = ours.num_params() - ours.model.embed_tokens.weight.numel() * (not shape["tie_word_embeddings"])
+        attn = 4 * L * C * (MAX_LEN + NEW_TOKENS / 2)  # q.k and p.v over the average cache length
+        flops = 2 * matmul + attn  # per generated token (the tied embedding counts once, as the LM head)
+        gpu = f", {torch.cuda.get_device_name()}" if dev == "cuda" else ""
+        print(f"\nmodel {name}: random Qwen2-shaped {ours.num_params() / 1e6:.1f}M params ({shape}), {dtype} "
+              f"{dev}{gpu}; {PROMPTS} prompts of {MIN_LEN}..{MAX_LEN} tokens x G={G}, {NEW_TOKENS} new tokens, "
+              f"T=1, no EOS; best of {REPEATS}; {flops / 1e6:.0f} MFLOP per token")
+        for key in samplers:
+            rate = n_tok / best[key]
+            print(f"  {key:14s}: {rate:9.1f} tokens/s ({best[key]:.2f} s), {100 * rate * flops / peak:4.1f}% of the "
+                  f"matmul roofline; first call {warm[key]:.1f} s" +
+                  (" (includes compiling)" if key == "ours compiled" else ""))
+        for key in ("ours eager", "ours compiled"):
+            print(f"  ratio {key} / transformers: {best['transformers'] / best[key]:.2f}x")
+    print(f"1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs slow every sampler)")
 
 
 def bench_kernels(args):

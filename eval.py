@@ -43,7 +43,7 @@ def run_length_mean(path: str):
 @torch.no_grad()
 def sample_checkpoint(path: str, task: str, split: str = "test", samples: int = 1, temperature: float = 0.0,
                       max_new_tokens: int = 40, num_prompts=None, data_path=None, seed: int = 0, device: str = "cpu",
-                      batch_size: int = 256) -> dict:
+                      batch_size: int = 256, compile: bool = False) -> dict:
     """Completions of an HF-format checkpoint on a task split: `samples` per prompt (temperature 0 = greedy)."""
     if samples > 1 and temperature == 0:
         raise ValueError(f"--samples {samples} at temperature 0 repeats one greedy answer: pass --temperature > 0")
@@ -58,7 +58,8 @@ def sample_checkpoint(path: str, task: str, split: str = "test", samples: int = 
     responses, lengths, P = [], [], max(1, batch_size // samples)  # big calls amortise the per-token overhead
     for i in range(0, len(data.prompts), P):
         ro = rollout.generate(net, data.prompts[i:i + P], max_new_tokens, temperature=temperature, eos_ids=eos_ids,
-                              group_size=samples, generator=gen, pad_id=tokenizer.pad_token_id or 0)
+                              group_size=samples, generator=gen, pad_id=tokenizer.pad_token_id or 0,
+                              compile=compile)
         responses += tokenizer.batch_decode(ro.completions, skip_special_tokens=True)
         lengths += [len(c) for c in ro.completions]  # tokens including the EOS, as in training
     answers = [a for a in data.answers for _ in range(samples)]  # rows prompt-major, like the rollout
@@ -122,6 +123,7 @@ if __name__ == "__main__":
                         "(default: the run's final running mean, else the first checkpoint's mean length)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples and --temperature)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (train.py --compile)")
     parser.add_argument("--out", default=None, help="write the checkpoint results to this JSON file")
     # --- base models
     parser.add_argument("--base-models", nargs="+", default=[], help="arith base models: step-0 scores (sampled "
@@ -137,7 +139,8 @@ if __name__ == "__main__":
         results = evaluate_checkpoints(
             args.checkpoints, args.task, args.length_threshold, split=args.split, samples=args.samples,
             temperature=args.temperature, max_new_tokens=args.max_new_tokens or {"arith": 40}.get(args.task, 1024),
-            num_prompts=args.prompts, data_path=args.data_path, seed=args.seed, device=args.device)
+            num_prompts=args.prompts, data_path=args.data_path, seed=args.seed, device=args.device,
+            compile=args.compile)
         print(_md(["checkpoint", *tasks.OBJECTIVES, "response length", "all wrong", "length threshold (source)"],
                   [[r["checkpoint"], *(f"{r[o]:.3f}" for o in tasks.OBJECTIVES), f"{r['response_length']:.1f}",
                     f"{r['all_wrong']:.1%}", f"{r['length_threshold']:.1f} ({r['threshold_source']})"]

@@ -119,16 +119,19 @@ def rope_cos_sin(positions, head_dim, theta, dtype):
 
 
 class KVCache:
-    """Preallocated keys/values (layers, B, Hkv, T_max, D); `pos` = how many time steps are filled (same for all rows).
+    """Preallocated keys/values, per layer (B, Hkv, T_max, D); `pos` = how many time steps are filled (same for all
+    rows).
 
     Rows are column-aligned: left padding keeps every row's newest token at column pos - 1, so one write per layer
     serves the whole batch and no torch.cat ever reallocates the cache.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu"):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # one tensor per layer, not one (L, ...) tensor: a compiled decode step writes a column of each in place,
+        # and a write into a view of one big input would make torch.compile copy the whole cache every step
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.max_len = max_len
         self.pos = 0
 
@@ -137,14 +140,32 @@ class KVCache:
         T = k.size(2)
         if self.pos + T > self.max_len:
             raise ValueError(f"KV cache overflow: {self.pos} + {T} > max_len {self.max_len}; allocate a longer cache")
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+        self.k[layer][:, :, self.pos:self.pos + T] = k
+        self.v[layer][:, :, self.pos:self.pos + T] = v
+        return self.k[layer][:, :, :self.pos + T], self.v[layer][:, :, :self.pos + T]
+
+    def at_column(self, column):
+        """This cache as the fixed-shape decode step uses it (Transformer.decode_step): see ColumnWrite."""
+        return ColumnWrite(self, column)
 
     def repeat_interleave(self, repeats: int):
         """Copy each row `repeats` times in place of the batch (rows b*repeats .. b*repeats+repeats-1 copy row b)."""
-        self.k = self.k.repeat_interleave(repeats, dim=1)  # (L, B*G, Hkv, T_max, D)
-        self.v = self.v.repeat_interleave(repeats, dim=1)
+        self.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]  # L x (B*G, Hkv, T_max, D)
+        self.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
+
+
+class ColumnWrite:
+    """KVCache access for the fixed-shape decode step: update() writes one token per row at `column`, a (1,) long
+    tensor rather than a Python int, and returns the WHOLE preallocated cache (the attention mask hides the columns
+    not written yet). No shape depends on the step, so a compiled step (or a CUDA graph) serves every step."""
+
+    def __init__(self, cache, column):
+        self.k, self.v, self.column = cache.k, cache.v, column
+
+    def update(self, layer, k, v):  # k, v (B, Hkv, 1, D)
+        self.k[layer].index_copy_(2, self.column, k)
+        self.v[layer].index_copy_(2, self.column, v)
+        return self.k[layer], self.v[layer]  # (B, Hkv, T_max, D)
 
 
 class Attention(nn.Module):
@@ -272,6 +293,18 @@ class Transformer(nn.Module):
         if head is not None:
             return head(x, self.lm_head.weight)
         return self.lm_head(x)  # (B, T, V)
+
+    def decode_step(self, idx, positions, attn_mask, kv_cache, column):
+        """One decode step on fixed shapes, the one rollout.py compiles: idx, positions (B, 1) long; the new keys and
+        values go to cache column `column` ((1,) long tensor); attention reads the whole cache under attn_mask
+        (B, T_max) bool, which the caller keeps True only for real tokens up to and including this column.
+        Returns the logits (B, V). The forward above with a KVCache is the eager reference it is tested against."""
+        x = self.model.embed_tokens(idx)  # (B, 1, C)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        mask, cache = attn_mask[:, None, None, :], kv_cache.at_column(column)  # (B, 1, 1, T_max)
+        for block in self.model.layers:
+            x = block(x, cos, sin, mask, cache)
+        return self.lm_head(self.model.norm(x[:, -1]))  # (B, V)
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> "Transformer":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.logprobs import token_logprobs
-from model import KVCache
+from model import KVCache, Transformer
 
 
 @dataclass
@@ -97,19 +97,22 @@ def _sample(logits, temperature, top_k, top_p, u):
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, eos_ids=(), group_size: int = 1, generator: torch.Generator | list | None = None,
-             pad_id: int = 0) -> Rollout:
+             pad_id: int = 0, compile: bool = False) -> Rollout:
     """Sample `group_size` completions for each prompt (rows prompt-major: row = prompt_index * G + g).
 
     temperature=0 is greedy; top_k=0 and top_p=1 disable truncation. The loop stops when every row has emitted one
     of `eos_ids` or after max_new_tokens, so C <= max_new_tokens. `generator` must live on the model's device; a list
     of one generator per prompt makes each prompt's samples independent of the rest of the batch (train.py uses this
     so that a run samples the same completions on any number of ranks).
+    compile=True runs each decode step as one torch.compile'd fixed-shape graph (Transformer.decode_step), CUDA graphs
+    on a GPU; the first call of a new shape compiles it (seconds to a minute). Greedy output equals the eager path's.
     """
     _check(model, prompts, max_new_tokens, temperature, top_p, top_k, group_size, generator)
     # inference mode is the fastest no-grad mode, but FSDP2 would keep all-gather buffers made in it and fail later
     with torch.no_grad() if hasattr(model, "unshard") else torch.inference_mode():
         prompt_tok, prompt_mask, tokens, logprobs, alive = _decode(model, prompts, max_new_tokens, temperature, top_p,
-                                                                   top_k, eos_ids, group_size, generator, pad_id)
+                                                                   top_k, eos_ids, group_size, generator, pad_id,
+                                                                   compile)
     # leaving inference mode: clone/cat give ordinary tensors, which training may feed to autograd
     G = group_size
     lengths = alive.sum(-1).tolist()
@@ -120,7 +123,20 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
                    completions=completions)
 
 
-def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, G, generator, pad_id):
+def _compiled_step(device):
+    """Transformer.decode_step compiled once per process: CUDA graphs on a GPU (its launches dominate a decode
+    step), inductor's fused CPU kernels otherwise. dynamo re-specializes per model and cache shape."""
+    if device.type not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[device.type] = torch.compile(Transformer.decode_step, mode=mode)
+    return _COMPILED[device.type]
+
+
+_COMPILED = {}
+CACHE_BUCKET = 64  # compiled decode: the cache length is rounded up to this, so a new prompt width rarely recompiles
+
+
+def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, G, generator, pad_id, compile):
     """Prefill + decode loop; returns prompt tokens/mask (P, Pw) and tokens, logprobs, completion mask (N, C)."""
     weight = model.lm_head.weight
     device = weight.device
@@ -136,7 +152,10 @@ def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, 
         prompt_tok[i, Pw - len(p):] = torch.tensor(p, dtype=torch.long)
         prompt_mask[i, Pw - len(p):] = True
     prompt_tok, prompt_mask = prompt_tok.to(device), prompt_mask.to(device)
-    cache = KVCache(model.config, P, Pw + max_new_tokens, dtype=dtype, device=device)
+    T_max = Pw + max_new_tokens
+    if compile:
+        T_max = -(-T_max // CACHE_BUCKET) * CACHE_BUCKET
+    cache = KVCache(model.config, P, T_max, dtype=dtype, device=device)
     # only the last position's logits are needed; `head` applies lm_head inside the forward (FSDP-safe)
     logits = model(prompt_tok, attn_mask=prompt_mask, kv_cache=cache,
                    head=lambda h, w: h[:, -1] @ w.T)  # (P, V) from h (P, Pw, C), w (V, C)
@@ -144,8 +163,15 @@ def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, 
     # --- copy each prompt's cache and logits to its G rows ---
     cache.repeat_interleave(G)
     logits = logits.repeat_interleave(G, dim=0)  # (N, V)
-    attn_mask = torch.ones(N, Pw + max_new_tokens, dtype=torch.bool, device=device)  # (N, Pw + C_max)
+    # True = a real token the next query may see: the prompts now, each completion column as it is written
+    attn_mask = torch.zeros(N, T_max, dtype=torch.bool, device=device)  # (N, T_max)
     attn_mask[:, :Pw] = prompt_mask.repeat_interleave(G, dim=0)
+    step = None
+    if compile:
+        step = _compiled_step(device)
+        if device.type == "cuda":  # a CUDA graph replays fixed addresses: the cache is an input it writes in place
+            for t in cache.k + cache.v:
+                torch._dynamo.mark_static_address(t)
     pos = prompt_mask.sum(-1).repeat_interleave(G)[:, None]  # (N, 1) RoPE position of the next token
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (N, C_max)
     logprobs = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
@@ -173,8 +199,13 @@ def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, 
                 break
         if t + 1 == max_new_tokens:
             break
-        logits = model(tokens[:, t:t + 1], positions=pos + t, attn_mask=attn_mask[:, :Pw + t + 1],
-                       kv_cache=cache)[:, -1]  # (N, V)
+        attn_mask[:, Pw + t] = True  # the token fed now (a finished row's output is never used)
+        if step is None:
+            logits = model(tokens[:, t:t + 1], positions=pos + t, attn_mask=attn_mask[:, :Pw + t + 1],
+                           kv_cache=cache)[:, -1]  # (N, V)
+        else:  # the same step on fixed shapes: the whole cache, the column as a tensor
+            column = torch.full((1,), Pw + t, dtype=torch.long, device=device)
+            logits = step(model, tokens[:, t:t + 1], pos + t, attn_mask, cache, column)  # (N, V)
 
     return prompt_tok, prompt_mask, tokens[:, :C], logprobs[:, :C], alive[:, :C]
 

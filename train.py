@@ -107,6 +107,9 @@ parser.add_argument("--wandb", default=None, metavar="PROJECT", help="also log t
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP under torchrun")
 parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+parser.add_argument("--compile", action="store_true", help="torch.compile the rollout's fixed-shape decode step "
+                    "(CUDA graphs on a GPU); off by default: on 2 CPU cores it measured slower than eager (bench.py "
+                    "rollout), and on a GPU it is not measured yet")
 parser.add_argument("--ref-offload", action="store_true", help="keep the reference model on CPU between uses")
 parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration (the keys of "
                     "config.json) as one JSON object and exit, loading no model, tokenizer or data")
@@ -180,6 +183,9 @@ def check_flags(args):
     for name, ok, allowed in rules:
         if not ok:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {allowed}")
+    if args.compile and args.fsdp:
+        raise SystemExit("--compile with --fsdp: the compiled decode step does not trace FSDP's all-gather hooks; "
+                         "drop one of the two (DDP or one process compiles)")
     if args.fsdp and "RANK" not in os.environ:
         raise SystemExit("--fsdp shards over torchrun's processes: run torchrun --nproc_per_node=N train.py --fsdp")
 
@@ -355,7 +361,7 @@ def sample(prompt_ids, step, first_prompt_index, temperature, group_size):
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         batch = rollout.generate(policy, prompt_ids, args.max_new_tokens, temperature=temperature, top_p=args.top_p,
                                  top_k=args.top_k, eos_ids=eos_ids, group_size=group_size, generator=gens,
-                                 pad_id=tokenizer.pad_token_id or 0)
+                                 pad_id=tokenizer.pad_token_id or 0, compile=args.compile)
     for m in sharded:
         m.reshard()
         m.set_reshard_after_forward(True, recurse=False)

@@ -108,6 +108,29 @@ def test_kv_cached_decode_equals_full_forward():
             assert cache.pos == 11
 
 
+def test_decode_step_equals_full_forward():
+    """Transformer.decode_step (the fixed-shape step --compile compiles: whole cache, column as a tensor, mask over
+    all T_max columns) gives the full forward's next-token logits, left padding included."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(model_type="qwen2", vocab_size=97, hidden_size=32, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=64)).eval()
+    idx, mask = batch()
+    idx = idx % 97
+    with torch.no_grad():
+        full = model(idx, attn_mask=mask)  # (3, 11, V)
+        T_max = 16  # longer than the sequence: columns never written stay masked
+        cache = KVCache(model.config, batch_size=3, max_len=T_max)
+        model(idx[:, :6], attn_mask=mask[:, :6], kv_cache=cache)
+        step_mask = torch.zeros(3, T_max, dtype=torch.bool)
+        step_mask[:, :6] = mask[:, :6]
+        positions = mask.long().cumsum(-1) - 1  # (3, 11) RoPE positions of the real tokens
+        for t in range(6, 11):
+            step_mask[:, t] = True
+            logits = model.decode_step(idx[:, t:t + 1], positions[:, t:t + 1], step_mask, cache,
+                                       torch.tensor([t]))  # (3, V)
+            assert (logits - full[:, t]).abs().max() <= 1e-5
+
+
 def test_head_bf16_and_checkpointing(tmp_path):
     """head sees the final hidden states and the LM head weight; bf16 stays close to fp32; activation checkpointing
     keeps the gradients."""

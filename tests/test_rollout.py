@@ -147,3 +147,21 @@ def test_no_autograd_graph_under_fsdp_style_models():
     model.unshard = lambda: None  # what FSDP2's fully_shard adds; generate must not record autograd history
     ro = generate(model, [[1, 2, 3]], 4, generator=torch.Generator().manual_seed(0))
     assert not ro.logprobs.requires_grad and not ro.logprobs.is_inference()
+
+
+def test_compiled_decode_equals_eager(hf_and_ours):
+    """--compile: the torch.compile'd fixed-shape decode step gives eager's greedy completions token for token (rows
+    stopping at their own EOS), and its sampling log-probs equal teacher forcing within fp32 tolerance. The cache
+    length is rounded up to rollout.CACHE_BUCKET, so one compile serves both calls (about 30 s on 2 CPU cores)."""
+    _, ours = hf_and_ours
+    eos = generate(ours, PROMPTS, 12, temperature=0).completions[1][4]
+    eager = generate(ours, PROMPTS, 12, temperature=0, eos_ids=(eos,))
+    compiled = generate(ours, PROMPTS, 12, temperature=0, eos_ids=(eos,), compile=True)
+    assert torch.equal(compiled.sequences, eager.sequences) and compiled.completions == eager.completions
+    assert (compiled.logprobs - eager.logprobs).abs().max() <= 1e-5
+    ro = generate(ours, PROMPTS, 12, temperature=1.0, eos_ids=(eos,), group_size=3, compile=True,
+                  generator=torch.Generator().manual_seed(0))
+    P = ro.prompt_width
+    logits = ours(ro.sequences, attn_mask=ro.attn_mask)[:, P - 1:-1].detach()  # (N, C, V)
+    logp = logits.log_softmax(-1).gather(-1, ro.sequences[:, P:, None]).squeeze(-1)
+    assert (logp * ro.completion_mask - ro.logprobs).abs().max() <= 1e-4

@@ -31,6 +31,7 @@ BAD_FLAGS = [
     (["--ppo-epochs", "0"], ["--ppo-epochs 0"]), (["--group-size", "1"], ["--group-size 1", ">= 2"]),
     (["--clip-low", "5"], ["--clip-low 5.0", "(0, 1)"]), (["--method", "pama", "--kl-coef", "0.1"], ["--kl-coef"]),
     (["--method", "linear", "--adv", "grpo", "--group-size", "1"], ["--group-size 1"]),
+    (["--compile", "--fsdp"], ["--compile", "--fsdp"]),
 ]
 
 
