@@ -40,7 +40,7 @@ from model import Transformer
 
 METHODS = {**scalarize.METHODS, "ctwa": ctwa.CTWA}
 # Defaults per task; a flag left at None takes its task's value. math500 = the paper's run (spec §10).
-# arith's CTWA targets and step were chosen on the validation split (results/selection/, results/select.py): its
+# arith's CTWA targets and step were chosen on the validation split (results/selection/, results/choose.py): its
 # rewards covary more strongly with the advantage than the paper's (a tiny model, 5 styles), and with the paper's
 # 0.15 the accuracy covariance (~0.2) never falls below target, so CTWA would be linear scalarization (README).
 TASK_DEFAULTS = {
@@ -108,8 +108,8 @@ parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else
 parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP under torchrun")
 parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
 parser.add_argument("--compile", action="store_true", help="torch.compile the rollout's fixed-shape decode step "
-                    "(CUDA graphs on a GPU); off by default: on 2 CPU cores it measured slower than eager (bench.py "
-                    "rollout), and on a GPU it is not measured yet")
+                    "(CUDA graphs on a GPU); off by default until bench.py rollout measures it faster than eager (greedy "
+                    "output is identical)")
 parser.add_argument("--ref-offload", action="store_true", help="keep the reference model on CPU between uses")
 parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration (the keys of "
                     "config.json) as one JSON object and exit, loading no model, tokenizer or data")

@@ -2,7 +2,7 @@
 # Regenerates results/ on the embedded arith task (JOBS runs at a time, one per core). The committed results/ came
 # from SEEDS="0 1": 2 h 25 min on 2 cores shared with other jobs; the default 3 seeds adds 51 grid runs (~50 min):
 #   1. selection/  CTWA's targets and lambda, and those of its gradient-signal variant, chosen on the VALIDATION split
-#                  (results/select.py says the criterion); train.py's arith defaults must be the cov choice
+#                  (results/choose.py says the criterion); train.py's arith defaults must be the cov choice
 #   2. the grid    every method x 3 shipped base models x 3 RL seeds on the test split, the covariance law's
 #                  statistics logged every step; plus CTWA exactly as the paper ran it, and CTWA on the gradient signal
 #   3. the sweep   CTWA's covariance targets at the paper's lambda and at the chosen one (paper Fig. 4), arith-s0
@@ -37,7 +37,7 @@ run_all() {  # one train.py per line of flags on stdin, JOBS at a time; a finish
   done
 } | run_all
 python report.py --runs runs/select-*/ --out results/selection > /dev/null
-python results/select.py results/selection/summary.json
+python results/choose.py results/selection/summary.json
 choice() { python -c "import json; c = json.load(open('results/selection/selection.json'))['choice']['$1'];
 print(' '.join(map(str, c['cov_targets'])), c['lambda_lr'])"; }
 read -r -a cov <<< "$(choice cov)"

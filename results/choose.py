@@ -1,7 +1,7 @@
 """Choose CTWA's arith settings on the VALIDATION split, never on the test split the results report.
 
     python report.py --runs runs/select-*/ --out results/selection           # the validation runs' summary
-    python results/select.py results/selection/summary.json                  # -> selection.md, selection.json
+    python results/choose.py results/selection/summary.json                  # -> selection.md, selection.json
 
 Criterion, fixed before looking at any result: the worst objective, min_k final_k (greedy, validation split, the
 run's own conciseness threshold), averaged over the runs of a setting (one per shipped base model). It rewards a
