@@ -144,10 +144,6 @@ class KVCache:
         self.v[layer][:, :, self.pos:self.pos + T] = v
         return self.k[layer][:, :, :self.pos + T], self.v[layer][:, :, :self.pos + T]
 
-    def at_column(self, column):
-        """This cache as the fixed-shape decode step uses it (Transformer.decode_step): see ColumnWrite."""
-        return ColumnWrite(self, column)
-
     def repeat_interleave(self, repeats: int):
         """Copy each row `repeats` times in place of the batch (rows b*repeats .. b*repeats+repeats-1 copy row b)."""
         self.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]  # L x (B*G, Hkv, T_max, D)
@@ -301,7 +297,7 @@ class Transformer(nn.Module):
         Returns the logits (B, V). The forward above with a KVCache is the eager reference it is tested against."""
         x = self.model.embed_tokens(idx)  # (B, 1, C)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        mask, cache = attn_mask[:, None, None, :], kv_cache.at_column(column)  # (B, 1, 1, T_max)
+        mask, cache = attn_mask[:, None, None, :], ColumnWrite(kv_cache, column)  # (B, 1, 1, T_max)
         for block in self.model.layers:
             x = block(x, cos, sin, mask, cache)
         return self.lm_head(self.model.norm(x[:, -1]))  # (B, V)

@@ -108,8 +108,8 @@ parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else
 parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP under torchrun")
 parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
 parser.add_argument("--compile", action="store_true", help="torch.compile the rollout's fixed-shape decode step "
-                    "(CUDA graphs on a GPU); off by default until bench.py rollout measures it faster than eager (greedy "
-                    "output is identical)")
+                    "(CUDA graphs on a GPU); off by default until bench.py rollout measures it faster than eager "
+                    "(greedy output is identical)")
 parser.add_argument("--ref-offload", action="store_true", help="keep the reference model on CPU between uses")
 parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration (the keys of "
                     "config.json) as one JSON object and exit, loading no model, tokenizer or data")

@@ -87,13 +87,18 @@ def test_rope_theta_both_config_forms():
     assert (new.rope_theta, old.rope_theta, new.head_dim, new.qkv_bias) == (1e6, 5e5, 8, True)
 
 
-def test_kv_cached_decode_equals_full_forward():
-    """Prefill + one-token decode steps through KVCache give the full forward's logits, with left padding too."""
+def tiny_decoder(model_type):
+    """A tiny random model (vocab 97) and batch()'s ids and mask, for the KV-cache decode tests."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(model_type="qwen3", vocab_size=97, hidden_size=32, num_attention_heads=4,
+    model = Transformer(ModelConfig(model_type=model_type, vocab_size=97, hidden_size=32, num_attention_heads=4,
                                     num_key_value_heads=2, intermediate_size=64)).eval()
     idx, mask = batch()
-    idx = idx % 97
+    return model, idx % 97, mask
+
+
+def test_kv_cached_decode_equals_full_forward():
+    """Prefill + one-token decode steps through KVCache give the full forward's logits, with left padding too."""
+    model, idx, mask = tiny_decoder("qwen3")
     with torch.no_grad():
         for attn_mask in (None, mask):
             full = model(idx, attn_mask=attn_mask)
@@ -111,11 +116,7 @@ def test_kv_cached_decode_equals_full_forward():
 def test_decode_step_equals_full_forward():
     """Transformer.decode_step (the fixed-shape step --compile compiles: whole cache, column as a tensor, mask over
     all T_max columns) gives the full forward's next-token logits, left padding included."""
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(model_type="qwen2", vocab_size=97, hidden_size=32, num_attention_heads=4,
-                                    num_key_value_heads=2, intermediate_size=64)).eval()
-    idx, mask = batch()
-    idx = idx % 97
+    model, idx, mask = tiny_decoder("qwen2")
     with torch.no_grad():
         full = model(idx, attn_mask=mask)  # (3, 11, V)
         T_max = 16  # longer than the sequence: columns never written stay masked
