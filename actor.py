@@ -50,6 +50,14 @@ def chunks(n, size):
     return [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def micro_batches(batch, rows, size, by_length):
+    """`rows` (a 1-D index tensor) in micro-batches of `size`; by_length: shortest real rows first, so rows of
+    similar length share a forward, which rollout.completion_logprobs(remove_padding=True) cuts to its longest row."""
+    if by_length:
+        rows = rows[batch.attn_mask[rows].sum(1).argsort(stable=True).to(rows.device)]
+    return [rows[r] for r in chunks(len(rows), size)]
+
+
 def local(t):
     """The local shard of an FSDP2 DTensor (the tensor itself without FSDP)."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -70,7 +78,7 @@ class Actor:
     """The trained model (wrapped or not), its optimizer and the loss settings; eps_* / clip_c None = that clip off."""
 
     def __init__(self, model, optimizer, method, *, temperature, eps_low, eps_high, clip_c, kl_coef, kl_type,
-                 entropy_coef, micro_batch, mini_batches, ppo_epochs, grad_clip, fsdp):
+                 entropy_coef, micro_batch, mini_batches, ppo_epochs, grad_clip, fsdp, remove_padding=False):
         self.model, self.optimizer, self.method = model, optimizer, method
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # the Gram a method observes before the update may cover some layers only (dynamic weighting's target layers)
@@ -80,11 +88,12 @@ class Actor:
         self.kl_coef, self.kl_type, self.entropy_coef = kl_coef, kl_type, entropy_coef
         self.micro_batch, self.mini_batches, self.ppo_epochs = micro_batch, mini_batches, ppo_epochs
         self.grad_clip, self.fsdp = grad_clip if grad_clip > 0 else math.inf, fsdp
+        self.remove_padding = remove_padding  # micro-batches by length, each forward cut to its longest row
         self.on_policy = mini_batches == 1 and ppo_epochs == 1  # one update per batch: ratio 1, old = current
 
     def logprobs(self, batch):
         """No-grad log-probs (n, C) of every row under the current policy."""
-        return rollout.rollout_logprobs(self.model, batch, self.micro_batch, self.temperature)
+        return rollout.rollout_logprobs(self.model, batch, self.micro_batch, self.temperature, self.remove_padding)
 
     def _old(self, rows, logp, old_logp, ref_logp):
         """The denominator of the ratio: pi_ref (PAMA), the current policy on policy (ratio 1), else pi_old."""
@@ -99,7 +108,8 @@ class Actor:
         of mb_tokens valid tokens), adding the diagnostics to `stats`; returns this rank's share of the loss."""
         total = torch.zeros((), device=batch.sequences.device)
         for rows in micro:
-            logp, ent = rollout.completion_logprobs(self.model, batch, rows, self.temperature, with_entropy=True)
+            logp, ent = rollout.completion_logprobs(self.model, batch, rows, self.temperature, with_entropy=True,
+                                                    remove_padding=self.remove_padding)
             mask = batch.completion_mask[rows]
             lval, m, _ = self._loss(logp, self._old(rows, logp, old_logp, ref_logp), adv[rows], mask, ref_logp, rows,
                                     ent)
@@ -129,7 +139,8 @@ class Actor:
     def batch_gradients(self, batch, objective_adv, old_logp, ref_logp, params=None):
         """Per-objective loss gradients g (K, P) and their Gram (K, K) on this rank's whole batch at the current
         parameters, over `params` (default: every trained parameter); the .grad buffers are left empty."""
-        rows = chunks(batch.completion_mask.size(0), self.micro_batch)
+        rows = micro_batches(batch, torch.arange(batch.completion_mask.size(0)), self.micro_batch,
+                             self.remove_padding)
         tokens = all_sum(batch.completion_mask.sum().float())
         g, gram, _ = self.objective_gradients(batch, rows, tokens, objective_adv, old_logp, ref_logp,
                                               self.params if params is None else params)
@@ -164,7 +175,8 @@ class Actor:
         K = objective_adv.shape[1]
         losses = torch.zeros(K, device=objective_adv.device)
         for rows in micro:
-            logp = rollout.completion_logprobs(self.model, batch, rows, self.temperature)
+            logp = rollout.completion_logprobs(self.model, batch, rows, self.temperature,
+                                               remove_padding=self.remove_padding)
             old = ref_logp[rows] if self.method.ratio_to_reference else old_logp[rows]
             scale = batch.completion_mask[rows].sum() * world_size() / mb_tokens
             for k in range(K):
@@ -186,7 +198,7 @@ class Actor:
         for _ in range(self.ppo_epochs):
             for mb in chunks(n, n // self.mini_batches):
                 mb_tokens = all_sum(mask[mb].sum().float())  # valid tokens of this mini-batch on all ranks
-                micro = [mb[r] for r in chunks(len(mb), self.micro_batch)]
+                micro = micro_batches(batch, mb, self.micro_batch, self.remove_padding)
                 if method.level == "gradient":  # d = sum_k c_k g_k from the Gram matrix (scalarize.py)
                     g, gram, losses = self.objective_gradients(batch, micro, mb_tokens, objective_adv, old_logp,
                                                                ref_logp, self.params, stats)

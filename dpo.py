@@ -256,8 +256,8 @@ class WeightedCAGrad(scalarize.CAGrad):
         super().__init__(num_objectives, **hp)
         self.weights = weights
 
-    def _solve(self, gram):  # scalarize has no public weighted CAGrad; its RACO core with clip=False is exactly that
-        return scalarize._conflict_averse(gram, self.weights, self.c, clip=False) / self.divisor
+    def _solve(self, gram):
+        return scalarize.cagrad_coeffs(gram, self.c, self.weights) / self.divisor
 
 
 method = None  # linear: the weights are the coefficients, no Gram

@@ -210,25 +210,54 @@ def _decode(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_ids, 
     return prompt_tok, prompt_mask, tokens[:, :C], logprobs[:, :C], alive[:, :C]
 
 
-def completion_logprobs(model, ro: Rollout, rows: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False):
+def completion_logprobs(model, ro: Rollout, rows: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+                        remove_padding: bool = False):
     """Teacher-forced log-probs (n, C) of the sampled completion tokens of `rows` of a rollout (and their entropies
     (n, C) with_entropy), under softmax(logits / temperature): what training differentiates. Position Pw-1+j predicts
     completion token j. The log-probs are computed inside the model's forward by `head`, from the hidden states and
     the LM-head weight in chunks (kernels/logprobs.py), so the (n, T, V) logits never exist and FSDP's all-gathered
-    head weight is in scope. bf16 autocast on a GPU (the fp32 master weights stay as they are)."""
-    seq, attn, Pw = ro.sequences[rows], ro.attn_mask[rows], ro.prompt_width  # (n, Pw + C)
+    head weight is in scope. bf16 autocast on a GPU (the fp32 master weights stay as they are).
 
-    def head(hidden, weight):  # hidden (n, Pw + C - 1, hidden size), weight (V, hidden size)
-        return token_logprobs(hidden[:, Pw - 1:], weight, seq[:, Pw:], temperature=temperature,
-                              return_entropy=with_entropy)
+    remove_padding: a row is [left padding, prompt, completion, right padding]; shift each row left past its own
+    prompt padding and cut the forward to the longest real row, so it pays for max_i(prompt_i + completion_i) columns
+    instead of Pw + C. Completion token j of row i is then predicted at column prompt_i - 1 + j. The same values up
+    to float summation order; rows of similar length in one call (actor.py sorts them) cut the most."""
+    seq, attn, Pw = ro.sequences[rows], ro.attn_mask[rows], ro.prompt_width  # (n, Pw + C)
+    targets = seq[:, Pw:]  # (n, C) completion tokens (pad after EOS: masked by the caller)
+    if remove_padding:
+        seq, attn, predicting = _shift_left(seq, attn, Pw)
+
+    def head(hidden, weight):  # hidden (n, T - 1, hidden size), weight (V, hidden size)
+        if remove_padding:  # (n, C, hidden size): the column that predicts each completion token
+            hidden = hidden.gather(1, predicting[:, :, None].expand(-1, -1, hidden.size(-1)))
+        else:
+            hidden = hidden[:, Pw - 1:]
+        return token_logprobs(hidden, weight, targets, temperature=temperature, return_entropy=with_entropy)
 
     with torch.autocast(seq.device.type, dtype=torch.bfloat16, enabled=seq.device.type == "cuda"):
         return model(seq[:, :-1], attn_mask=attn[:, :-1], head=head)
 
 
+def _shift_left(seq, attn, Pw):
+    """Rows (n, Pw + C) moved left past their prompt padding and cut to the longest real row (n, T), and the column
+    (n, C) of the input whose output predicts completion token j (past a row's end, any valid column)."""
+    n, W = seq.shape
+    left_pad = Pw - attn[:, :Pw].sum(1)  # (n,) prompts are left-padded
+    cols = torch.arange(W, device=seq.device)
+    source = (cols + left_pad[:, None]).clamp(max=W - 1)  # (n, W): packed column c comes from column c + pad
+    seq, attn = seq.gather(1, source), attn.gather(1, source) & (cols < W - left_pad[:, None])
+    T = max(int(attn.sum(1).max()), 2)  # the longest real row (a forward needs one input and one target)
+    predicting = (Pw - left_pad[:, None] - 1 + torch.arange(W - Pw, device=seq.device)).clamp(max=T - 2)  # (n, C)
+    return seq[:, :T], attn[:, :T], predicting
+
+
 @torch.no_grad()
-def rollout_logprobs(model, ro: Rollout, micro_batch: int, temperature: float = 1.0) -> torch.Tensor:
-    """No-grad teacher-forced log-probs (N, C) of every row of a rollout, `micro_batch` rows per forward."""
+def rollout_logprobs(model, ro: Rollout, micro_batch: int, temperature: float = 1.0,
+                     remove_padding: bool = False) -> torch.Tensor:
+    """No-grad teacher-forced log-probs (N, C) of every row of a rollout, `micro_batch` rows per forward;
+    remove_padding takes the rows shortest first (see completion_logprobs) and puts them back in order."""
     N = ro.sequences.size(0)
-    return torch.cat([completion_logprobs(model, ro, torch.arange(i, min(i + micro_batch, N)), temperature)
-                      for i in range(0, N, micro_batch)])
+    order = ro.attn_mask.sum(1).argsort(stable=True) if remove_padding else torch.arange(N)  # (N,) row indices
+    logp = torch.cat([completion_logprobs(model, ro, order[i:i + micro_batch], temperature,
+                                          remove_padding=remove_padding) for i in range(0, N, micro_batch)])
+    return logp[order.argsort()]  # back in rollout order

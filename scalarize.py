@@ -692,12 +692,15 @@ def _conflict_averse(gram, p, c, clip):
     return p + s * w / gw if gw > 1e-12 else p  # s and |G_w| both scale with sqrt(scale): the ratio is scale-free
 
 
-def cagrad_coeffs(gram: torch.Tensor, c: float = 0.4) -> torch.Tensor:
-    """Conflict-averse gradient (Liu et al. 2021, arXiv 2110.14048): d = g_0 + c|g_0| g_w/|g_w|, g_0 the mean gradient,
-    w* the dual optimum of max_d min_k g_k . d s.t. |d - g_0| <= c|g_0|. Unrescaled (the official 1/(1+c^2) and xK
-    belong to the caller); c = 0 gives the mean."""
+def cagrad_coeffs(gram: torch.Tensor, c: float = 0.4, weights=None) -> torch.Tensor:
+    """Conflict-averse gradient (Liu et al. 2021, arXiv 2110.14048): d = g_0 + c|g_0| g_w/|g_w|, g_0 the mean gradient
+    (or the weighted anchor sum_k w_k g_k, w summing to 1: RACO's unclipped comparison), w* the dual optimum of
+    max_d min_k g_k . d s.t. |d - g_0| <= c|g_0|. Unrescaled (the official 1/(1+c^2) and xK belong to the caller);
+    c = 0 gives g_0."""
     gram = _gram(gram)
-    return _conflict_averse(gram, torch.full((gram.shape[0],), 1 / gram.shape[0], dtype=F64), c, clip=False)
+    K = gram.shape[0]
+    anchor = torch.full((K,), 1 / K, dtype=F64) if weights is None else vector(weights, K, "weights", "weights", True)
+    return _conflict_averse(gram, anchor, c, clip=False)  # weights are taken as given (dpo.py normalises them)
 
 
 class CAGrad(Method):

@@ -43,14 +43,17 @@ METHODS = {**scalarize.METHODS, "ctwa": ctwa.CTWA}
 # arith's CTWA targets and step were chosen on the validation split (results/selection/, results/choose.py): its
 # rewards covary more strongly with the advantage than the paper's (a tiny model, 5 styles), and with the paper's
 # 0.15 the accuracy covariance (~0.2) never falls below target, so CTWA would be linear scalarization (README).
+# remove_padding is off for arith only because results/ was made without it: it changes float summation order, which
+# moves a 60-step run like another seed would; turn it on there when results/ is next regenerated.
 TASK_DEFAULTS = {
     "arith": dict(steps=60, prompts_per_step=16, group_size=8, lr=1e-4, lr_schedule="constant",
                   adv="reinforce_pp", kl_coef=0.0, max_prompt_tokens=64, max_new_tokens=40, micro_batch=64,
                   mini_batches=1, eval_interval=10, eval_prompts=None, checkpoint_interval=20, law_interval=1,
-                  ctwa_cov_targets=[0.4, 0.08, 0.08], ctwa_lambda_lr=0.5),
+                  ctwa_cov_targets=[0.4, 0.08, 0.08], ctwa_lambda_lr=0.5, remove_padding=False),
     "math500": dict(steps=810, prompts_per_step=32, group_size=16, lr=1e-6, lr_schedule="constant",
                     adv="reinforce_pp", kl_coef=0.001, max_prompt_tokens=1024, max_new_tokens=1024, micro_batch=16,
-                    mini_batches=2, eval_interval=5, eval_prompts=100, checkpoint_interval=100, law_interval=0),
+                    mini_batches=2, eval_interval=5, eval_prompts=100, checkpoint_interval=100, law_interval=0,
+                    remove_padding=True),
 }
 
 # ----------------------------------------------------------------------------- flags
@@ -107,6 +110,9 @@ parser.add_argument("--wandb", default=None, metavar="PROJECT", help="also log t
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP under torchrun")
 parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+parser.add_argument("--remove-padding", action=argparse.BooleanOptionalAction, default=None,
+                    help="training forwards without padding: micro-batches of similar-length rows, each cut to its "
+                    "longest row (task default: on for math500, off for arith)")
 parser.add_argument("--compile", action="store_true", help="torch.compile the rollout's fixed-shape decode step "
                     "(CUDA graphs on a GPU); off by default until bench.py rollout measures it faster than eager "
                     "(greedy output is identical)")
@@ -323,7 +329,7 @@ optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_dec
 actor = Actor(model, optimizer, method, temperature=args.temperature, eps_low=eps_low, eps_high=eps_high,
               clip_c=clip_c, kl_coef=kl_coef, kl_type=args.kl_type, entropy_coef=args.entropy_coef,
               micro_batch=args.micro_batch, mini_batches=args.mini_batches, ppo_epochs=args.ppo_epochs,
-              grad_clip=args.grad_clip, fsdp=args.fsdp)
+              grad_clip=args.grad_clip, fsdp=args.fsdp, remove_padding=args.remove_padding)
 
 
 def lr_at(step):
@@ -377,7 +383,7 @@ def reference_logprobs(batch):
     if ref_model is None:
         return None
     ref_model.to(device)
-    ref_logp = rollout.rollout_logprobs(ref_model, batch, args.micro_batch, args.temperature)
+    ref_logp = rollout.rollout_logprobs(ref_model, batch, args.micro_batch, args.temperature, args.remove_padding)
     ref_model.to("cpu" if args.ref_offload else device)
     return ref_logp
 

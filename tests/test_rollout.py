@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import ModelConfig, Transformer
-from rollout import generate
+from rollout import completion_logprobs, generate, rollout_logprobs
 
 PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8], [9], [10, 11, 12, 13]]  # ragged: widths 3, 8, 1, 4
 
@@ -71,6 +71,39 @@ def test_logprobs_equal_teacher_forced(hf_and_ours, temperature, top_k, top_p):
     assert (logp * ro.completion_mask - ro.logprobs).abs().max() <= 1e-4
     # rows are prompt-major and each group of G shares its prompt
     assert torch.equal(ro.sequences[:, :P], left_pad(PROMPTS)[0].repeat_interleave(3, dim=0))
+
+
+def test_packed_logprobs_equal_each_row_alone(hf_and_ours):
+    """--remove-padding: training's log-probs shift each row past its prompt padding and cut the forward to the
+    longest real row; they equal HF's forward of each row alone (no padding at all), and rollout_logprobs, which then
+    takes the rows shortest first in micro-batches, returns the same values in rollout order."""
+    hf, ours = hf_and_ours
+    eos = generate(ours, PROMPTS, 6, temperature=0).completions[0][3]
+    ro = generate(ours, PROMPTS, 10, temperature=1.0, eos_ids=(eos,), group_size=2,
+                  generator=torch.Generator().manual_seed(1))
+    N, P, mask = ro.sequences.size(0), ro.prompt_width, ro.completion_mask
+    lengths = ro.attn_mask.sum(1)  # (N,) real tokens of each row
+    assert len(set(lengths.tolist())) > 2  # ragged rows
+    reference = torch.zeros(N, mask.size(1))
+    for i in range(N):
+        tokens, plen = ro.sequences[i][ro.attn_mask[i]], int(ro.attn_mask[i, :P].sum())
+        with torch.no_grad():
+            logits = hf(tokens[None]).logits[0]  # (length, V)
+        reference[i, :len(tokens) - plen] = logits[plen - 1:-1].log_softmax(-1).gather(-1, tokens[plen:, None])[:, 0]
+    widths = []
+    hook = ours.register_forward_pre_hook(lambda module, args: widths.append(args[0].size(1)))
+    try:
+        logp = completion_logprobs(ours, ro, torch.arange(N), remove_padding=True).detach()
+        assert widths == [int(lengths.max()) - 1]
+        assert ((logp - reference) * mask).abs().max() <= 1e-5
+        widths.clear()
+        logp = rollout_logprobs(ours, ro, micro_batch=3, remove_padding=True)
+        assert ((logp - reference) * mask).abs().max() <= 1e-5
+        shortest_first = lengths.sort().values
+        assert widths == [int(shortest_first[i:i + 3].max()) - 1 for i in range(0, N, 3)]
+        assert min(widths) < ro.sequences.size(1) - 1  # some forward is narrower than the padded batch
+    finally:
+        hook.remove()
 
 
 def test_seeding():

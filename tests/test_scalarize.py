@@ -270,6 +270,8 @@ def test_cagrad_and_raco_oracles():
     close(S.CAGrad(3, c=0.4).coefficients(gram(G3)) @ G3, [0.1553, 0.3013, 0.4310], 1e-4)
     close(S.CAGrad(2, c=0.5).coefficients(gram(G2)) @ G2, [0.3663, 0.5495], 1e-4)
     close(S.cagrad_coeffs(gram(G3), 0.0), [1 / 3] * 3, EXACT)
+    close(S.cagrad_coeffs(gram(G3), 0.0, [0.5, 0.3, 0.2]), [0.5, 0.3, 0.2], EXACT)  # weighted anchor (dpo.py)
+    close(S.cagrad_coeffs(gram(G3), 0.4, [1 / 3] * 3), S.cagrad_coeffs(gram(G3), 0.4), EXACT)
     for G, c, w_star in ((G2, 0.4, [0.6388, 0.3612]), (G3, 0.4, [0, 1, 0]), (G3, 0.5, [0, 0.8678, 0.1322])):
         K = G.shape[0]
         close(S._cagrad_dual(S._normalized(gram(G))[0], torch.full((K,), 1 / K, dtype=F64), c)[0], w_star, 1e-4)
