@@ -23,13 +23,14 @@ def _train_ours(s, model_dir, method, out_dir, threads, seed, steps):
     import subprocess
     import sys
 
+    # no diagnostics (TRL has none; ctwa always computes its covariance statistic)
     cmd = [sys.executable, "train.py", "--method", method, "--task", "arith", "--model", model_dir, "--seed", str(seed),
            "--steps", str(steps), "--prompts-per-step", str(s["prompts"]), "--group-size", str(s["G"]),
            "--max-new-tokens", str(s["new_tokens"]), "--micro-batch", str(s["micro_batch"]), "--mini-batches", "1",
            "--lr", str(s["lr"]), "--lr-schedule", "constant", "--adv", "grpo", "--kl-coef", "0",
            "--clip-low", str(s["eps"]), "--clip-high", str(s["eps"]), "--clip-c", "-1",  # TRL has no dual clip
-           "--eval-interval", "0", "--checkpoint-interval", "1000", "--out-dir", out_dir,
-           "--cov-interval", "1000000"]  # no covariance diagnostic for linear (TRL has none); ctwa always needs it
+           "--eval-interval", "0", "--checkpoint-interval", "1000", "--out-dir", out_dir, "--remove-padding",
+           "--cov-interval", "1000000", "--law-interval", "0"]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # eager kernels on CPU
     env["OMP_NUM_THREADS"] = str(threads)
 
@@ -132,11 +133,11 @@ def _train_phases(s, model_dir, prompts, eos_id, seed, reps=3):
     adv = loss.grpo_advantages(rewards.mean(1), G)
 
     def forward():
-        return rollout.rollout_logprobs(policy, batch, M)
+        return rollout.rollout_logprobs(policy, batch, M, remove_padding=True)
 
     def fwd_bwd():  # one micro-batch of all rows, as bench_train's settings give train.py
         policy.zero_grad(set_to_none=True)
-        logp = rollout.completion_logprobs(policy, batch, torch.arange(N))
+        logp = rollout.completion_logprobs(policy, batch, torch.arange(N), remove_padding=True)
         loss.policy_loss(logp, batch.logprobs, adv, mask, None, eps, eps, None)[0].backward()
 
     def stats():
@@ -165,10 +166,11 @@ def main(args):
     `linear` method = TRL's weighted reward sum), G, completion length, one micro-batch and one AdamW update per step
     (lr, weight decay 0.01, grad clip 1), GRPO advantages, token-mean loss (TRL's loss_type="dapo"), eps = 0.2, no dual
     clip (TRL has none), no KL (TRL's default beta=0), fp32 (TRL defaults to bf16 autocast), no activation
-    checkpointing (TRL defaults to it). tests/test_trl_parity.py shows both compute the same advantages, loss and
-    gradients on one batch. Steps after a warm-up step are timed in wall seconds (median) and CPU seconds (mean; the
-    robust figure on a busy machine). Threads: OMP_NUM_THREADS, default 1 for every trainer (on a shared machine,
-    multi-threaded BLAS stalls when cores are oversubscribed).
+    checkpointing (TRL defaults to it); ours with --remove-padding (each forward cut to its longest row).
+    tests/test_trl_parity.py shows both compute the same advantages, loss and gradients on one batch. Steps after a
+    warm-up step are timed in wall seconds (median) and CPU seconds (mean; the robust figure on a busy machine).
+    Threads: OMP_NUM_THREADS, default 1 for every trainer (on a shared machine, multi-threaded BLAS stalls when cores
+    are oversubscribed).
     Without trl installed the TRL part says so and the rest still runs.
     """
     import os
