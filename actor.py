@@ -103,36 +103,58 @@ class Actor:
         return loss.policy_loss(logp, old, adv, mask, None if ref_logp is None else ref_logp[rows], self.eps_low,
                                 self.eps_high, self.clip_c, self.kl_coef, self.kl_type, entropy, self.entropy_coef)
 
+    def _micro_loss(self, batch, rows, logp, ent, adv, mb_tokens, old_logp, ref_logp, stats):
+        """Micro-batch `rows`' share of the policy loss, a token-mean over the global mini-batch of mb_tokens valid
+        tokens (times the world size: DDP averages over ranks, this makes it a sum); adds the diagnostics to stats."""
+        mask = batch.completion_mask[rows]
+        lval, m, _ = self._loss(logp, self._old(rows, logp, old_logp, ref_logp), adv[rows], mask, ref_logp, rows, ent)
+        if stats is not None:  # token-weighted, so the means over all ranks equal one process's
+            stats["tokens"] += mask.sum().item()
+            for key in ("kl", "clipfrac", "entropy"):
+                stats[key] += m[key].item() * mask.sum().item()
+        return lval * (mask.sum() * world_size() / mb_tokens)
+
+    def _forward(self, batch, rows):
+        """Log-probs and entropies (n, C) of rows under the current policy, with autograd."""
+        return rollout.completion_logprobs(self.model, batch, rows, self.temperature, with_entropy=True,
+                                           remove_padding=self.remove_padding)
+
     def backward(self, batch, micro, adv, mb_tokens, old_logp, ref_logp, stats=None):
         """Accumulate the policy-loss gradient over the micro-batches `micro` (token-mean over the global mini-batch
         of mb_tokens valid tokens), adding the diagnostics to `stats`; returns this rank's share of the loss."""
         total = torch.zeros((), device=batch.sequences.device)
         for rows in micro:
-            logp, ent = rollout.completion_logprobs(self.model, batch, rows, self.temperature, with_entropy=True,
-                                                    remove_padding=self.remove_padding)
-            mask = batch.completion_mask[rows]
-            lval, m, _ = self._loss(logp, self._old(rows, logp, old_logp, ref_logp), adv[rows], mask, ref_logp, rows,
-                                    ent)
-            scale = mask.sum() * world_size() / mb_tokens  # DDP averages over ranks: this makes it a sum
-            (lval * scale).backward()
-            total += lval.detach() * scale / world_size()
-            if stats is not None:  # token-weighted, so the means over all ranks equal one process's
-                stats["tokens"] += mask.sum().item()
-                for key in ("kl", "clipfrac", "entropy"):
-                    stats[key] += m[key].item() * mask.sum().item()
+            scaled = self._micro_loss(batch, rows, *self._forward(batch, rows), adv, mb_tokens, old_logp, ref_logp,
+                                      stats)
+            scaled.backward()
+            total += scaled.detach() / world_size()
         return total
 
     def objective_gradients(self, batch, micro, mb_tokens, objective_adv, old_logp, ref_logp, params, stats=None):
         """Per-objective gradients g (K, P) over `params` (this rank's FSDP shards of them), their Gram (K, K) (FSDP:
-        the shards' partial Grams add up to the exact one) and losses (K,), each from its own objective's advantages."""
+        the shards' partial Grams add up to the exact one) and losses (K,), each from its own objective's advantages.
+        In one process the K losses share each micro-batch's forward (K backward passes through one graph); DDP and
+        FSDP sync gradients in hooks that expect one backward per forward, so there each objective runs its own."""
         K = objective_adv.shape[1]
-        grads, losses = [], torch.zeros(K, device=objective_adv.device)
-        for k in range(K):
-            self.optimizer.zero_grad(set_to_none=True)
-            losses[k] = self.backward(batch, micro, objective_adv[:, k], mb_tokens, old_logp, ref_logp,
-                                      stats if k == 0 else None)
-            grads.append(torch.cat([local(p.grad).flatten() for p in params]))
-        g = torch.stack(grads)  # (K, P)
+        losses = torch.zeros(K, device=objective_adv.device)
+        if world_size() == 1 and not self.fsdp:
+            g = torch.zeros(K, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+            for rows in micro:
+                logp, ent = self._forward(batch, rows)
+                for k in range(K):
+                    scaled = self._micro_loss(batch, rows, logp, ent, objective_adv[:, k], mb_tokens, old_logp,
+                                              ref_logp, stats if k == 0 else None)
+                    grads = torch.autograd.grad(scaled, params, retain_graph=k < K - 1)
+                    g[k] += torch.cat([grad.flatten() for grad in grads])
+                    losses[k] += scaled.detach()
+        else:
+            grads = []
+            for k in range(K):
+                self.optimizer.zero_grad(set_to_none=True)
+                losses[k] = self.backward(batch, micro, objective_adv[:, k], mb_tokens, old_logp, ref_logp,
+                                          stats if k == 0 else None)
+                grads.append(torch.cat([local(p.grad).flatten() for p in params]))
+            g = torch.stack(grads)  # (K, P)
         gram = g.double() @ g.double().T
         return g, (all_sum(gram) if self.fsdp else gram), all_sum(losses)
 
@@ -205,8 +227,12 @@ class Actor:
                     coef = torch.as_tensor(method.coefficients(gram, losses)).to(g)  # (K,)
                     direction, offset = coef @ g, 0  # (P,)
                     for p in self.params:
-                        numel = local(p.grad).numel()
-                        local(p.grad).copy_(direction[offset:offset + numel].view_as(local(p.grad)))
+                        numel = local(p).numel()
+                        part = direction[offset:offset + numel].view_as(local(p))
+                        if p.grad is None:  # the shared-forward path computes g without touching .grad
+                            p.grad = part.clone()
+                        else:
+                            local(p.grad).copy_(part)
                         offset += numel
                     total = coef.to(losses) @ losses
                     followed[mb] = objective_adv[mb] @ coef.to(objective_adv)

@@ -131,6 +131,22 @@ def test_fixed_coefficients_equal_the_advantage_combination(case):
     assert not torch.allclose(params(grad_level), params(model))  # the update did move the weights
 
 
+def test_shared_forward_gradients_equal_one_forward_per_objective(case):
+    """In one process the K per-objective gradients share each micro-batch's forward (K backward passes through one
+    graph); they, their Gram and the losses are bit-identical to one forward + backward per objective (the path DDP
+    and FSDP take)."""
+    model, batch, A = case
+    shared, separate = (actor_for(copy.deepcopy(model), FixedCoefficients(K)) for _ in range(2))
+    separate.fsdp = True  # takes the per-objective path (its all-reduces are no-ops in one process)
+    micro = [torch.arange(0, 7), torch.arange(7, batch.sequences.size(0))]
+    tokens = batch.completion_mask.sum().float()
+    one = shared.objective_gradients(batch, micro, tokens, A, batch.logprobs, None, shared.params)
+    other = separate.objective_gradients(batch, micro, tokens, A, batch.logprobs, None, separate.params)
+    for x, y in zip(one, other):
+        assert torch.equal(x, y)
+    assert all(p.grad is None for p in shared.params)  # the shared path leaves .grad alone
+
+
 def test_remove_padding_gives_the_same_update(case):
     """--remove-padding regroups rows into micro-batches by length and cuts each forward to its longest row: only the
     float summation order changes, so the update equals the padded one up to rounding, for an advantage-level and a
