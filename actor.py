@@ -91,9 +91,16 @@ class Actor:
         self.remove_padding = remove_padding  # micro-batches by length, each forward cut to its longest row
         self.on_policy = mini_batches == 1 and ppo_epochs == 1  # one update per batch: ratio 1, old = current
 
+    @torch.no_grad()
     def logprobs(self, batch):
-        """No-grad log-probs (n, C) of every row under the current policy."""
-        return rollout.rollout_logprobs(self.model, batch, self.micro_batch, self.temperature, self.remove_padding)
+        """No-grad log-probs (n, C) of every row under the current policy, on the micro-batches the update uses, so
+        the first epoch's ratio to these old log-probs is exactly 1 (even with remove_padding's sorted, cut rows)."""
+        n = batch.completion_mask.size(0)
+        micro = [rows for mb in chunks(n, n // self.mini_batches)
+                 for rows in micro_batches(batch, mb, self.micro_batch, self.remove_padding)]
+        logp = torch.cat([rollout.completion_logprobs(self.model, batch, rows, self.temperature,
+                                                      remove_padding=self.remove_padding) for rows in micro])
+        return logp[torch.cat(micro).argsort().to(logp.device)]  # back in batch order
 
     def _old(self, rows, logp, old_logp, ref_logp):
         """The denominator of the ratio: pi_ref (PAMA), the current policy on policy (ratio 1), else pi_old."""

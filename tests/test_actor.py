@@ -12,7 +12,7 @@ import torch
 import loss
 import rollout
 import scalarize
-from actor import Actor
+from actor import Actor, chunks, micro_batches
 from model import ModelConfig, Transformer
 
 K, G = 3, 4
@@ -158,6 +158,20 @@ def test_remove_padding_gives_the_same_update(case):
         actor_for(packed, method, remove_padding=True).update(batch, adv, objective_adv, batch.logprobs, None)
         torch.testing.assert_close(params(packed), params(padded), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(params(packed), params(model))
+
+
+def test_old_logprobs_come_from_the_update_micro_batches(case):
+    """Off-policy (2 mini-batches) with --remove-padding: the old log-probs are computed on the very micro-batches the
+    update differentiates (sorted by length within each mini-batch, each cut to its longest row), so the first epoch's
+    ratio is exactly 1 rather than 1 up to rounding."""
+    model, batch, _ = case
+    actor = actor_for(copy.deepcopy(model), scalarize.Linear(K), mini_batches=2, micro_batch=3, remove_padding=True)
+    old = actor.logprobs(batch)
+    n = batch.sequences.size(0)
+    for mb in chunks(n, n // 2):
+        for rows in micro_batches(batch, mb, 3, by_length=True):
+            logp = rollout.completion_logprobs(actor.model, batch, rows, remove_padding=True)  # with autograd
+            assert torch.equal(logp.detach(), old[rows])
 
 
 def test_first_order_change_matches_finite_differences(case):
