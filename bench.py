@@ -3,6 +3,7 @@
     python bench.py rollout   # our KV-cached sampler (eager, compiled) vs transformers.generate (tokens/s)
     python bench.py kernels   # fused Triton kernels vs eager PyTorch (time, peak memory; needs CUDA)
     python bench.py train     # our training step vs TRL's GRPOTrainer; CTWA's extra cost vs linear (bench_train.py)
+    python bench.py padding   # how much of the training forward is padding, without and with --remove-padding
 """
 import argparse
 
@@ -211,18 +212,61 @@ def bench_kernels(args):
         report(f"loss kernel fwd+bwd, {title}: N={N} T={T} fp32 (clip 0.2/0.2, dual clip 3, k3 KL)", fused, eager)
 
 
+def bench_padding(args):
+    """Share of the training forward's positions that are padding, as batched (left-padded prompts, right-padded
+    completions) and with --remove-padding (rows sorted by length into micro-batches, each cut to its longest row), on
+    real rollouts at temperature 1: arith's shipped base model arith-s0 on 4 steps of its train prompts (16 x G=8,
+    40 new tokens); or, with --model and --data-path, a local HF model on the official MATH500 train prompts (chat
+    template, 1024 new tokens: the math500 recipe's shape, --prompts x --group-size rows; slow on a CPU).
+    """
+    import time
+
+    import torch
+
+    import arith
+    import rollout
+    import tasks
+    from model import Transformer
+
+    path = args.model or arith.base_model()
+    tokenizer, model = tasks.load_tokenizer(path), Transformer.from_pretrained(path).eval()
+    if args.model:
+        prompts = tasks.load_math500("train", tokenizer, args.data_path, num_prompts=args.prompts).prompts
+        steps, G, new_tokens, micro = [prompts], args.group_size, 1024, 16
+    else:
+        prompts = arith.load_task("train", tokenizer).prompts
+        steps, G, new_tokens, micro = [prompts[16 * s:16 * s + 16] for s in range(4)], 8, 40, 64
+    real = batched = packed = 0
+    t0 = time.perf_counter()
+    for s, step_prompts in enumerate(steps):
+        ro = rollout.generate(model, step_prompts, new_tokens, temperature=1.0, group_size=G,
+                              eos_ids=tasks.eos_ids(path, tokenizer), generator=torch.Generator().manual_seed(s))
+        lengths = ro.attn_mask.sum(1).sort().values  # (N,) real tokens per row, shortest first
+        N, W = ro.sequences.shape
+        real += (lengths - 1).sum().item()  # the last token of a row is only a target
+        batched += N * (W - 1)
+        packed += sum(len(lengths[i:i + micro]) * (lengths[i:i + micro].max().item() - 1) for i in range(0, N, micro))
+    print(f"{path}: {len(steps)} step(s) of {len(steps[0])} prompts x G={G}, <= {new_tokens} new tokens, sampled in "
+          f"{time.perf_counter() - t0:.0f} s; padding share of the training forward: {1 - real / batched:.1%} as "
+          f"batched, {1 - real / packed:.1%} with --remove-padding at micro-batch {micro}")
+
+
 def bench_train(args):
     """Our training step vs TRL's GRPOTrainer, and CTWA's extra cost: bench_train.py."""
     import bench_train
     bench_train.main(args)
 
 
-BENCHES = {"rollout": bench_rollout, "kernels": bench_kernels, "train": bench_train}
+BENCHES = {"rollout": bench_rollout, "kernels": bench_kernels, "train": bench_train, "padding": bench_padding}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=sorted(BENCHES), help="which benchmark to run")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--shape", choices=["3m", "135m"], default="3m", help="train: the random model's shape")
+    parser.add_argument("--model", default=None, help="padding: a local HF model (default: arith's base model)")
+    parser.add_argument("--data-path", default=None, help="padding: folder with MATH500's train.parquet")
+    parser.add_argument("--prompts", type=int, default=8, help="padding: MATH500 prompts")
+    parser.add_argument("--group-size", type=int, default=4, help="padding: samples per MATH500 prompt")
     args = parser.parse_args()
     BENCHES[args.which](args)
