@@ -13,7 +13,7 @@ from bench import matmul_peak
 SHAPES = {"3m": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=2, steps=8),
           "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                       num_key_value_heads=3, steps=4)}
+                       num_key_value_heads=3, steps=6)}
 
 def _train_ours(s, model_dir, method, out_dir, threads, seed, steps):
     """`train.py --method <method> --steps <steps>` as a subprocess: (command, wall seconds of each step after the
