@@ -91,13 +91,17 @@ class Actor:
         self.remove_padding = remove_padding  # micro-batches by length, each forward cut to its longest row
         self.on_policy = mini_batches == 1 and ppo_epochs == 1  # one update per batch: ratio 1, old = current
 
+    def plan(self, batch):
+        """The update's mini-batches of this rank's rows, each as (its rows, its micro-batches)."""
+        n = batch.completion_mask.size(0)
+        return [(mb, micro_batches(batch, mb, self.micro_batch, self.remove_padding))
+                for mb in chunks(n, n // self.mini_batches)]
+
     @torch.no_grad()
     def logprobs(self, batch):
         """No-grad log-probs (n, C) of every row under the current policy, on the micro-batches the update uses, so
         the first epoch's ratio to these old log-probs is exactly 1 (even with remove_padding's sorted, cut rows)."""
-        n = batch.completion_mask.size(0)
-        micro = [rows for mb in chunks(n, n // self.mini_batches)
-                 for rows in micro_batches(batch, mb, self.micro_batch, self.remove_padding)]
+        micro = [rows for _, micro in self.plan(batch) for rows in micro]
         logp = torch.cat([rollout.completion_logprobs(self.model, batch, rows, self.temperature,
                                                       remove_padding=self.remove_padding) for rows in micro])
         return logp[torch.cat(micro).argsort().to(logp.device)]  # back in batch order
@@ -224,10 +228,10 @@ class Actor:
         followed = adv if adv is not None else torch.zeros(n, dtype=objective_adv.dtype, device=mask.device)
         stats = dict(loss=0.0, grad_norm=0.0, kl=0.0, clipfrac=0.0, entropy=0.0, tokens=0, updates=0, skipped=0)
         self.model.train()
+        plan = self.plan(batch)
         for _ in range(self.ppo_epochs):
-            for mb in chunks(n, n // self.mini_batches):
+            for mb, micro in plan:
                 mb_tokens = all_sum(mask[mb].sum().float())  # valid tokens of this mini-batch on all ranks
-                micro = micro_batches(batch, mb, self.micro_batch, self.remove_padding)
                 if method.level == "gradient":  # d = sum_k c_k g_k from the Gram matrix (scalarize.py)
                     g, gram, losses = self.objective_gradients(batch, micro, mb_tokens, objective_adv, old_logp,
                                                                ref_logp, self.params, stats)

@@ -226,6 +226,7 @@ def bench_padding(args):
     import arith
     import rollout
     import tasks
+    from actor import micro_batches
     from model import Transformer
 
     path = args.model or arith.base_model()
@@ -241,11 +242,11 @@ def bench_padding(args):
     for s, step_prompts in enumerate(steps):
         ro = rollout.generate(model, step_prompts, new_tokens, temperature=1.0, group_size=G,
                               eos_ids=tasks.eos_ids(path, tokenizer), generator=torch.Generator().manual_seed(s))
-        lengths = ro.attn_mask.sum(1).sort().values  # (N,) real tokens per row, shortest first
         N, W = ro.sequences.shape
-        real += (lengths - 1).sum().item()  # the last token of a row is only a target
+        real += (ro.attn_mask.sum() - N).item()  # the last token of a row is only a target
         batched += N * (W - 1)
-        packed += sum(len(lengths[i:i + micro]) * (lengths[i:i + micro].max().item() - 1) for i in range(0, N, micro))
+        for rows in micro_batches(ro, torch.arange(N), micro, by_length=True):  # as train.py builds them
+            packed += len(rows) * (ro.attn_mask[rows].sum(1).max().item() - 1)
     print(f"{path}: {len(steps)} step(s) of {len(steps[0])} prompts x G={G}, <= {new_tokens} new tokens, sampled in "
           f"{time.perf_counter() - t0:.0f} s; padding share of the training forward: {1 - real / batched:.1%} as "
           f"batched, {1 - real / packed:.1%} with --remove-padding at micro-batch {micro}")

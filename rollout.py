@@ -260,4 +260,4 @@ def rollout_logprobs(model, ro: Rollout, micro_batch: int, temperature: float = 
     order = ro.attn_mask.sum(1).argsort(stable=True) if remove_padding else torch.arange(N)  # (N,) row indices
     logp = torch.cat([completion_logprobs(model, ro, order[i:i + micro_batch], temperature,
                                           remove_padding=remove_padding) for i in range(0, N, micro_batch)])
-    return logp[order.argsort()]  # back in rollout order
+    return logp[order.argsort()] if remove_padding else logp  # back in rollout order
