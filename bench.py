@@ -229,6 +229,8 @@ def bench_padding(args):
     from actor import micro_batches
     from model import Transformer
 
+    if args.model and not args.data_path:
+        raise SystemExit("bench.py padding --model needs --data-path: a folder with MATH500's train.parquet")
     path = args.model or arith.base_model()
     tokenizer, model = tasks.load_tokenizer(path), Transformer.from_pretrained(path).eval()
     if args.model:
