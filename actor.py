@@ -217,13 +217,18 @@ class Actor:
                 losses[k] += lk * scale / world_size()
         return all_sum(losses)
 
-    def update(self, batch, adv, objective_adv, old_logp, ref_logp):
+    def update(self, batch, adv, objective_adv, old_logp, ref_logp, keep_gradients=False):
         """Mini-batches x PPO epochs of AdamW steps on this rank's rows. adv (n,) for reward- and advantage-level
         methods; gradient level: objective_adv (n, K) combined by the method's coefficients per mini-batch.
         Returns the advantage each row's update followed (n,) and the loss diagnostics: kl, clipfrac and entropy as
         token-means over every rank's micro-batches, loss and grad_norm as means over the optimizer steps taken,
-        and the counts of steps taken ("updates") and skipped."""
+        and the counts of steps taken ("updates") and skipped. keep_gradients (gradient level, one mini-batch): also
+        return, as stats["gradients"], the per-objective gradients (K, P) of the first step, taken at the weights
+        before the update on the whole batch: the very numbers batch_gradients would compute (the law test's)."""
         mask, method = batch.completion_mask, self.method
+        if keep_gradients and (method.level != "gradient" or self.mini_batches != 1):
+            raise ValueError("keep_gradients needs a gradient-level method on one mini-batch (its first step's "
+                             "gradients are then the whole batch's at the weights before the update)")
         n = mask.size(0)
         followed = adv if adv is not None else torch.zeros(n, dtype=objective_adv.dtype, device=mask.device)
         stats = dict(loss=0.0, grad_norm=0.0, kl=0.0, clipfrac=0.0, entropy=0.0, tokens=0, updates=0, skipped=0)
@@ -235,6 +240,8 @@ class Actor:
                 if method.level == "gradient":  # d = sum_k c_k g_k from the Gram matrix (scalarize.py)
                     g, gram, losses = self.objective_gradients(batch, micro, mb_tokens, objective_adv, old_logp,
                                                                ref_logp, self.params, stats)
+                    if keep_gradients and "gradients" not in stats:
+                        stats["gradients"] = g
                     coef = torch.as_tensor(method.coefficients(gram, losses)).to(g)  # (K,)
                     direction, offset = coef @ g, 0  # (P,)
                     for p in self.params:

@@ -527,12 +527,18 @@ for step in bar:
             trusted = scalarize.reference_trust_tokens(old_logp, ref_logp, batch.completion_mask, eps_high or math.inf)
             weight = gather(trusted) / lengths_all.float().mean()  # (N,)
         adv = method.combine(objective_adv, rewards, weight)[own]
-    if law:  # the law's inputs before the update: each objective's loss gradient, and the weights
-        law_grads, before = actor.batch_gradients(batch, objective_adv[own], old_logp, ref_logp)[0], \
-            actor.flat_parameters()
+    # the law's inputs before the update: the weights, and each objective's loss gradient on the batch, which a
+    # gradient-level update on one mini-batch computes anyway for its step (then kept from it, not computed twice)
+    law_grads_from_update = law and method.level == "gradient" and args.mini_batches == 1
+    if law:
+        before = actor.flat_parameters()
+        if not law_grads_from_update:
+            law_grads = actor.batch_gradients(batch, objective_adv[own], old_logp, ref_logp)[0]
     # ---- update
     followed, stats = actor.update(batch, adv, None if objective_adv is None else objective_adv[own], old_logp,
-                                   ref_logp)
+                                   ref_logp, keep_gradients=law_grads_from_update)
+    if law_grads_from_update:
+        law_grads = stats.pop("gradients")
     skipped_steps += stats["skipped"]
     if stats["skipped"] and master:
         tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped ({skipped_steps} so far)")

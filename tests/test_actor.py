@@ -147,6 +147,21 @@ def test_shared_forward_gradients_equal_one_forward_per_objective(case):
     assert all(p.grad is None for p in shared.params)  # the shared path leaves .grad alone
 
 
+def test_update_keeps_the_gradients_batch_gradients_computes(case):
+    """A gradient-level update on one mini-batch takes its first step's per-objective gradients on the whole batch at
+    the weights before the update: exactly batch_gradients' (the law test's), so train.py keeps them from the update
+    instead of computing them twice (with and without --remove-padding)."""
+    model, batch, A = case
+    for remove_padding in (False, True):
+        actor = actor_for(copy.deepcopy(model), FixedCoefficients(K), remove_padding=remove_padding)
+        g, _ = actor.batch_gradients(batch, A, batch.logprobs, None)
+        _, stats = actor.update(batch, None, A, batch.logprobs, None, keep_gradients=True)
+        assert torch.equal(stats["gradients"], g) and g.abs().sum() > 0
+    with pytest.raises(ValueError, match="one mini-batch"):
+        actor_for(copy.deepcopy(model), FixedCoefficients(K), mini_batches=2).update(batch, None, A, batch.logprobs,
+                                                                                      None, keep_gradients=True)
+
+
 def test_remove_padding_gives_the_same_update(case):
     """--remove-padding regroups rows into micro-batches by length and cuts each forward to its longest row: only the
     float summation order changes, so the update equals the padded one up to rounding, for an advantage-level and a
