@@ -129,8 +129,8 @@ class CTWA(scalarize.Method):
                                             "cov_targets", self._flag("cov_targets"))
         self.obj_targets = scalarize.vector(first_then_rest(1.0, 0.95) if obj_targets is None else obj_targets, K,
                                             "obj_targets", self._flag("obj_targets"), finite=False)
-        self.needs_statistic = scalarize._choice(signal, ("cov", "corr", "grad"), self._flag("signal"))
-        self.w_agg = scalarize._choice(w_agg, ("mean", "mean_unclipped", "sum"), self._flag("w_agg"))
+        self.needs_statistic = scalarize.choice(signal, ("cov", "corr", "grad"), self._flag("signal"))
+        self.w_agg = scalarize.choice(w_agg, ("mean", "mean_unclipped", "sum"), self._flag("w_agg"))
         self.lambda_lr, self.ema_tau = float(lambda_lr), float(ema_tau)
         self.ema, self.deficit = None, torch.zeros(K, dtype=F64)
 
@@ -139,13 +139,13 @@ class CTWA(scalarize.Method):
         return self.log_w.exp()
 
     def scalarize(self, rewards):
-        r = scalarize._matrix(rewards, self.K, "rewards")
+        r = scalarize.matrix(rewards, self.K, "rewards")
         return r @ self.weights.to(r)  # (N,)
 
     def update(self, statistic, objective_means):
         """statistic (K,): this step's prompt-averaged Cov(r_k, w) (Corr for signal="corr", the gradient cosine for
         signal="grad"); objective_means (K,): batch means of r_k."""
-        v, means = scalarize._means(statistic, self.K, "statistic"), scalarize._means(objective_means, self.K, "means")
+        v, means = scalarize.usable_vector(statistic, self.K), scalarize.usable_vector(objective_means, self.K)
         if v is None or means is None:
             return self._skip(f"statistic {statistic} or objective means {objective_means} are not {self.K} finite "
                               "values")

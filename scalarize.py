@@ -48,7 +48,7 @@ def vector(values, K, what, flag, nonneg=False, finite=True):
     return v
 
 
-def _matrix(x, K, what):
+def matrix(x, K, what):
     """(N, K) rewards or advantages, checked; NaN/inf raise because no score can be built from them."""
     x = torch.as_tensor(x)
     if x.dim() != 2 or x.shape[1] != K:
@@ -68,13 +68,14 @@ def _gram(gram, K=None, finite=True):
     return (g + g.T) / 2  # all-reduced partial Grams can be asymmetric by rounding
 
 
-def _means(x, K, what):
+def usable_vector(x, K):
     """(K,) float64 CPU vector of per-objective values, or None when it is unusable (wrong size, NaN/inf)."""
     v = torch.as_tensor(x, dtype=F64).to("cpu").flatten()
     return v if v.numel() == K and torch.isfinite(v).all() else None
 
 
-def _choice(value, options, flag):
+def choice(value, options, flag):
+    """value, checked to be one of options; the error names the flag that sets it."""
     if value not in options:
         raise ValueError(f"{flag} must be one of {options}, got {value!r}")
     return value
@@ -183,7 +184,7 @@ class Linear(Method):
         self._preferences(weights, None)
 
     def scalarize(self, rewards):
-        r = _matrix(rewards, self.K, "rewards")
+        r = matrix(rewards, self.K, "rewards")
         return r @ self.preference.to(r)  # (N,)
 
 
@@ -199,11 +200,11 @@ class Tchebycheff(Method):
     def __init__(self, num_objectives, weights=None, ideal_point=None, mode="sample"):
         super().__init__(num_objectives)
         self._preferences(weights, ideal_point)
-        self.mode = _choice(mode, ("sample", "objective"), self._flag("mode"))
+        self.mode = choice(mode, ("sample", "objective"), self._flag("mode"))
         self.active = None
 
     def scalarize(self, rewards):
-        r = _matrix(rewards, self.K, "rewards")
+        r = matrix(rewards, self.K, "rewards")
         w, z = self.preference.to(r), self._ideal(r).to(r)
         if self.mode == "objective":
             self.active = int(torch.argmax(w * (z - r.mean(0))))
@@ -229,11 +230,11 @@ class SmoothTchebycheffMu(Method):
         if not mu > 0:
             raise ValueError(f"{self._flag('mu')} must be > 0, got {mu}")
         self._preferences(weights, ideal_point)
-        self.mu, self.mode = float(mu), _choice(mode, ("objective", "sample"), self._flag("mode"))
+        self.mu, self.mode = float(mu), choice(mode, ("objective", "sample"), self._flag("mode"))
         self.omega, self.value = None, None
 
     def scalarize(self, rewards):
-        r = _matrix(rewards, self.K, "rewards")
+        r = matrix(rewards, self.K, "rewards")
         z = self._ideal(r)
         if self.mode == "sample":
             return -self.mu * torch.logsumexp(self.preference.to(r) * (z.to(r) - r) / self.mu, dim=1)
@@ -260,13 +261,13 @@ class SmoothTchebycheff(Method):
             raise ValueError(f"{self._flag('temperature')} must be > 0, got {temperature}")
         self._preferences(weights, ideal_point)
         self.omd_lr, self.temperature = float(omd_lr), float(temperature)
-        init = _choice(init, ("preference", "uniform"), self._flag("init"))
+        init = choice(init, ("preference", "uniform"), self._flag("init"))
         u0 = self.preference if init == "preference" else torch.full((self.K,), 1 / self.K, dtype=F64)
         self.u = u0.clamp(1e-8).log()
         self.w = torch.softmax(self.u / self.temperature, 0)
 
     def scalarize(self, rewards):
-        r = _matrix(rewards, self.K, "rewards")
+        r = matrix(rewards, self.K, "rewards")
         z = self._ideal(r)
         self.w = torch.softmax(self.u / self.temperature, 0)  # this batch uses the weights before its own deficits
         # the CTWA port drops p from the primal step (OMD-TCH scalarises with p * w); equal for uniform p
@@ -305,8 +306,8 @@ class Lagrangian(Method):
 
     def combine(self, advantages, rewards, weight=None):
         """weight: per-completion weights, which the Lagrangian does not use (every completion counts once)."""
-        A = _matrix(advantages, self.K, "advantages")
-        means = _matrix(rewards, self.K, "rewards").mean(0).to("cpu", F64)
+        A = matrix(advantages, self.K, "advantages")
+        means = matrix(rewards, self.K, "rewards").mean(0).to("cpu", F64)
         lam = (self.multipliers + self.dual_lr * (self.targets - means)).clamp(0, self.max_multiplier)
         self.multipliers = lam * self.constrained
         out = A[:, self.primary] + A @ self.multipliers.to(A)  # (N,)
@@ -341,13 +342,13 @@ class PAMA(Method):
 
     def __init__(self, num_objectives, variant="paper"):
         super().__init__(num_objectives)
-        self.variant = _choice(variant, ("paper", "official"), self._flag("variant"))
+        self.variant = choice(variant, ("paper", "official"), self._flag("variant"))
         self.a, self.c, self.s = None, None, None
 
     def combine(self, advantages, rewards, weight=None):
         """weight (N,): per-completion weight in a_k, used by the official variant (train.py passes its tokens with
         pi_old/pi_ref <= 1 + eps_high, over the mean length)."""
-        A = _matrix(advantages, self.K, "advantages").clamp(min=0)  # Noon: no negative advantages
+        A = matrix(advantages, self.K, "advantages").clamp(min=0)  # Noon: no negative advantages
         w = torch.ones_like(A[:, 0]) if weight is None or self.variant == "paper" else torch.as_tensor(weight).to(A)
         self.a = (w[:, None] * A).mean(0).to("cpu", F64)  # (K,)
         self.s, self.c = pama_value(self.a)
@@ -399,7 +400,7 @@ class Dynamic(Method):
             self.acc, self.count = torch.zeros(self.K, dtype=F64), 0
 
     def scalarize(self, rewards):
-        r = _matrix(rewards, self.K, "rewards")
+        r = matrix(rewards, self.K, "rewards")
         return r @ self.weights.to(r)
 
 
@@ -481,7 +482,7 @@ class GradNorm(Method):
         self.alpha, self.lr = float(alpha), float(lr)
         # RL surrogate losses are ~0 and sign-indefinite (whitened advantages): L/L(0) carries no signal and a
         # negative ratio^alpha is NaN (CTWA's code then has NaN weights forever); reward deficits are always > 0
-        self.progress = _choice(progress, ("reward", "loss"), self._flag("progress"))
+        self.progress = choice(progress, ("reward", "loss"), self._flag("progress"))
         self.weights = torch.ones(self.K, dtype=F64)
         self.start, self.current = None, None
 
@@ -514,7 +515,7 @@ class GradNorm(Method):
     def update(self, statistic, objective_means):
         if self.progress == "loss":
             return
-        means = _means(objective_means, self.K, "objective means")
+        means = usable_vector(objective_means, self.K)
         if means is None:
             return self._skip(f"objective means {objective_means} are not {self.K} finite values")
         self.current = (1 - means).clamp(min=1e-6)  # rewards lie in [0, 1]: 1 - mean is the remaining deficit
@@ -608,7 +609,7 @@ class FAMO(Method):
     def after_step(self, losses_after):
         """The logit update, with the per-objective losses of the mini-batch of the last coefficients() call
         re-evaluated after the optimizer step."""
-        after = _means(losses_after, self.K, "losses_after")
+        after = usable_vector(losses_after, self.K)
         if self.before is None or after is None:
             return self._skip(f"losses_after {losses_after} unusable (or no coefficients() call before)")
         self._rebound(torch.minimum(self.before, after))
@@ -712,7 +713,7 @@ class CAGrad(Method):
     def __init__(self, num_objectives, c=0.4, rescale=1):
         super().__init__(num_objectives)
         self.c = float(c)
-        self.divisor = {0: 1.0, 1: 1 + self.c ** 2, 2: 1 + self.c}[_choice(rescale, (0, 1, 2), self._flag("rescale"))]
+        self.divisor = {0: 1.0, 1: 1 + self.c ** 2, 2: 1 + self.c}[choice(rescale, (0, 1, 2), self._flag("rescale"))]
 
     def _solve(self, gram):
         return cagrad_coeffs(gram, self.c) / self.divisor
