@@ -29,7 +29,8 @@ from model import Transformer
 
 # -------------------- checkpoint evaluation --------------------------------------------------------------------------
 def run_length_mean(path: str):
-    """(conciseness running mean, its file) from the newest step-N/trainer_state.json beside `path`, else None's."""
+    """(conciseness running mean, its file relative to the working directory) from the newest
+    step-N/trainer_state.json beside `path`, else None's."""
     run = os.path.dirname(os.path.abspath(path))
     steps = [int(d[5:]) for d in os.listdir(run) if d.startswith("step-") and d[5:].isdigit()]
     state = os.path.join(run, f"step-{max(steps)}", "trainer_state.json") if steps else ""
@@ -37,7 +38,8 @@ def run_length_mean(path: str):
         return None, None
     with open(state) as f:
         scorer = json.load(f).get("scorer", {})  # train.py's RewardScorer.state_dict()
-    return (scorer["length_sum"] / scorer["length_count"], state) if scorer.get("length_count") else (None, None)
+    return (scorer["length_sum"] / scorer["length_count"], os.path.relpath(state)) if scorer.get("length_count") \
+        else (None, None)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates results/ on the embedded arith task (JOBS runs at a time, one per core). The committed results/ came
-# from this default (3 RL seeds): 2 h 34 min on 2 cores, part of that time shared with other work:
+# from this default (3 RL seeds, 245 runs): 2 h 5 min on 2 cores:
 #   1. selection/  CTWA's targets and lambda, and those of its gradient-signal variant, chosen on the VALIDATION split
 #                  (results/choose.py says the criterion); train.py's arith defaults must be the cov choice
 #   2. the grid    every method x 3 shipped base models x 3 RL seeds on the test split, the covariance law's
