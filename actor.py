@@ -90,6 +90,9 @@ class Actor:
         self.grad_clip, self.fsdp = grad_clip if grad_clip > 0 else math.inf, fsdp
         self.remove_padding = remove_padding  # micro-batches by length, each forward cut to its longest row
         self.on_policy = mini_batches == 1 and ppo_epochs == 1  # one update per batch: ratio 1, old = current
+        # a gradient-level update on one mini-batch takes its first step's per-objective gradients on the whole batch
+        # at the weights before the update: batch_gradients' numbers, which update(keep_gradients=True) returns
+        self.update_has_batch_gradients = method.level == "gradient" and mini_batches == 1
 
     def plan(self, batch):
         """The update's mini-batches of this rank's rows, each as (its rows, its micro-batches)."""
@@ -222,11 +225,11 @@ class Actor:
         methods; gradient level: objective_adv (n, K) combined by the method's coefficients per mini-batch.
         Returns the advantage each row's update followed (n,) and the loss diagnostics: kl, clipfrac and entropy as
         token-means over every rank's micro-batches, loss and grad_norm as means over the optimizer steps taken,
-        and the counts of steps taken ("updates") and skipped. keep_gradients (gradient level, one mini-batch): also
-        return, as stats["gradients"], the per-objective gradients (K, P) of the first step, taken at the weights
-        before the update on the whole batch: the very numbers batch_gradients would compute (the law test's)."""
+        and the counts of steps taken ("updates") and skipped. keep_gradients (when update_has_batch_gradients): also
+        return, as stats["gradients"], the per-objective gradients (K, P) of the first step, the very numbers
+        batch_gradients would have computed before the update (the law test's)."""
         mask, method = batch.completion_mask, self.method
-        if keep_gradients and (method.level != "gradient" or self.mini_batches != 1):
+        if keep_gradients and not self.update_has_batch_gradients:
             raise ValueError("keep_gradients needs a gradient-level method on one mini-batch (its first step's "
                              "gradients are then the whole batch's at the weights before the update)")
         n = mask.size(0)

@@ -527,9 +527,9 @@ for step in bar:
             trusted = scalarize.reference_trust_tokens(old_logp, ref_logp, batch.completion_mask, eps_high or math.inf)
             weight = gather(trusted) / lengths_all.float().mean()  # (N,)
         adv = method.combine(objective_adv, rewards, weight)[own]
-    # the law's inputs before the update: the weights, and each objective's loss gradient on the batch, which a
-    # gradient-level update on one mini-batch computes anyway for its step (then kept from it, not computed twice)
-    law_grads_from_update = law and method.level == "gradient" and args.mini_batches == 1
+    # the law's inputs before the update: the weights, and each objective's loss gradient on the batch (kept from the
+    # update when it computes them anyway for its step, rather than computed twice)
+    law_grads_from_update = law and actor.update_has_batch_gradients
     if law:
         before = actor.flat_parameters()
         if not law_grads_from_update:
